@@ -1,0 +1,67 @@
+"""Alembic environment: async engine from DatabaseConfig (or a connection handed in by code)."""
+
+from __future__ import annotations
+
+import asyncio
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from biz2bricks_core.config import DatabaseConfig
+from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.models import Base
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        compare_server_default=False,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _database_config() -> DatabaseConfig:
+    url = config.attributes.get("database_url")
+    return DatabaseConfig(database_url=url) if url else DatabaseConfig()
+
+
+async def _run_async() -> None:
+    db = DatabaseManager(_database_config())
+    try:
+        await db.check()
+        async with db.engine.connect() as connection:
+            await connection.run_sync(_run)
+            await connection.commit()
+    finally:
+        await db.dispose()
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=_database_config().sqlalchemy_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+    else:
+        asyncio.run(_run_async())

@@ -1,0 +1,75 @@
+"""biz2bricks-core: settings, database access, models, the event contract, pricing and limits.
+
+The event contract, settings, pricing and periods import without SQLAlchemy, so the producer
+library can depend on this package; the database names load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from biz2bricks_core.config import DatabaseConfig
+from biz2bricks_core.errors import (
+    Biz2BricksError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    InvalidArgumentError,
+    InvalidEventError,
+    PermanentError,
+    TransientError,
+    UnknownOrganizationError,
+    UnknownPlanError,
+)
+from biz2bricks_core.events import UsageEvent, decode_event, encode_event
+from biz2bricks_core.pricing import PriceBook, TokenPrice, event_cost
+
+if TYPE_CHECKING:
+    from biz2bricks_core.database import DatabaseManager, get_database_manager
+    from biz2bricks_core.usage_service import (
+        LimitDecision,
+        UsageService,
+        UsageServiceSettings,
+        UsageSnapshot,
+    )
+
+__all__ = [
+    "Biz2BricksError",
+    "ConfigurationError",
+    "DatabaseConfig",
+    "DatabaseManager",
+    "DatabaseUnavailableError",
+    "InvalidArgumentError",
+    "InvalidEventError",
+    "LimitDecision",
+    "PermanentError",
+    "PriceBook",
+    "TokenPrice",
+    "TransientError",
+    "UnknownOrganizationError",
+    "UnknownPlanError",
+    "UsageEvent",
+    "UsageService",
+    "UsageServiceSettings",
+    "UsageSnapshot",
+    "decode_event",
+    "encode_event",
+    "event_cost",
+    "get_database_manager",
+]
+
+_LAZY = {
+    "DatabaseManager": "biz2bricks_core.database",
+    "get_database_manager": "biz2bricks_core.database",
+    "LimitDecision": "biz2bricks_core.usage_service",
+    "UsageService": "biz2bricks_core.usage_service",
+    "UsageServiceSettings": "biz2bricks_core.usage_service",
+    "UsageSnapshot": "biz2bricks_core.usage_service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'biz2bricks_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,43 @@
+"""Exceptions of biz2bricks-core: one root, split into transient and permanent failures."""
+
+from __future__ import annotations
+
+
+class Biz2BricksError(Exception):
+    """Root of every exception raised by biz2bricks-core."""
+
+
+class ConfigurationError(Biz2BricksError, ValueError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class TransientError(Biz2BricksError):
+    """A failure that may succeed when retried (database unreachable, connection dropped)."""
+
+
+class DatabaseUnavailableError(TransientError):
+    """The database did not answer; the message says which one and how to start it."""
+
+
+class PermanentError(Biz2BricksError):
+    """A failure that retrying cannot fix (bad input, unknown organization)."""
+
+
+class InvalidEventError(PermanentError, ValueError):
+    """A usage event violates wire format v1; ``reason`` names the field."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnknownOrganizationError(PermanentError, LookupError):
+    """The organization has no ``usage_limits`` row (it was never provisioned)."""
+
+
+class UnknownPlanError(PermanentError, LookupError):
+    """The subscription plan does not exist in ``subscription_plans``."""
+
+
+class InvalidArgumentError(PermanentError, ValueError):
+    """An argument to a UsageService call is out of range (negative size, non-UUID id)."""

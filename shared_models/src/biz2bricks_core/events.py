@@ -1,0 +1,163 @@
+"""The usage event contract: wire format v1 of a Pub/Sub message, and its encode/decode helpers.
+
+Importing this module must stay light (no SQLAlchemy): the producer library depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from biz2bricks_core.errors import InvalidEventError
+
+__all__ = [
+    "EVENT_TYPE_TOKENS",
+    "MAX_BODY_BYTES",
+    "MAX_FUTURE_SKEW",
+    "MAX_METADATA_BYTES",
+    "SCHEMA_VERSION",
+    "UsageEvent",
+    "decode_event",
+    "encode_event",
+    "event_attributes",
+    "validate_event",
+]
+
+EVENT_TYPE_TOKENS: Final = "llm.tokens"
+SCHEMA_VERSION: Final = "1"
+MAX_BODY_BYTES: Final = 64 * 1024
+MAX_METADATA_BYTES: Final = 8 * 1024
+MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
+# One LLM call cannot plausibly use more; the cap keeps per-period sums far from bigint overflow.
+MAX_TOKENS_PER_EVENT: Final = 100_000_000
+
+TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_PER_EVENT)]
+Label = Annotated[str, Field(min_length=1, max_length=100)]
+OptionalText = Annotated[str | None, Field(default=None, max_length=200)]
+
+
+class UsageEvent(BaseModel):
+    """One LLM call's token usage, as the producer publishes it and the consumer stores it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    event_id: UUID
+    organization_id: UUID
+    user_id: UUID | None = None
+    occurred_at: AwareDatetime
+    provider: Label
+    model: Label
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    cache_read_tokens: TokenCount = 0
+    cache_write_tokens: TokenCount = 0
+    operation: OptionalText = None
+    request_id: OptionalText = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
+        now = (info.context or {}).get("now") or datetime.now(UTC)
+        if value - now > MAX_FUTURE_SKEW:
+            raise ValueError(
+                f"is {(value - now).total_seconds():.0f}s in the future "
+                f"(at most {MAX_FUTURE_SKEW.total_seconds():.0f}s of clock skew is accepted)"
+            )
+        return value.astimezone(UTC)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            size = len(json.dumps(value, separators=(",", ":"), default=str))
+            if size > MAX_METADATA_BYTES:
+                raise ValueError(f"is {size} bytes serialized, over {MAX_METADATA_BYTES}")
+        return value
+
+    @model_validator(mode="after")
+    def _cache_within_input(self) -> UsageEvent:
+        cached = self.cache_read_tokens + self.cache_write_tokens
+        if cached > self.input_tokens:
+            raise ValueError(
+                f"cache_read_tokens + cache_write_tokens ({cached}) exceed input_tokens "
+                f"({self.input_tokens}); input_tokens must include cached tokens"
+            )
+        return self
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens counted against limits: input (cached included) plus output."""
+        return self.input_tokens + self.output_tokens
+
+
+def _reason(error: ValidationError) -> str:
+    """One readable line naming each bad field."""
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(p) for p in item["loc"]) or "body"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)
+
+
+def event_attributes(event: UsageEvent) -> dict[str, str]:
+    """Pub/Sub attributes of an event's message."""
+    return {
+        "event_type": EVENT_TYPE_TOKENS,
+        "schema_version": SCHEMA_VERSION,
+        "organization_id": str(event.organization_id),
+    }
+
+
+def encode_event(event: UsageEvent) -> tuple[bytes, dict[str, str]]:
+    """The message body (compact JSON) and attributes of an event."""
+    body = event.model_dump_json(exclude_none=True).encode()
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidEventError(f"body: {len(body)} bytes, over the {MAX_BODY_BYTES} byte limit")
+    return body, event_attributes(event)
+
+
+def decode_event(
+    data: bytes, attributes: Mapping[str, str], *, now: datetime | None = None
+) -> UsageEvent:
+    """Parse and validate one message; raise InvalidEventError with a reason naming the field."""
+    if len(data) > MAX_BODY_BYTES:
+        raise InvalidEventError(f"body: {len(data)} bytes, over the {MAX_BODY_BYTES} byte limit")
+    version = attributes.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InvalidEventError(f"schema_version: unsupported {version!r} (expected '1')")
+    event_type = attributes.get("event_type")
+    if event_type != EVENT_TYPE_TOKENS:
+        raise InvalidEventError(f"event_type: unsupported {event_type!r}")
+    try:
+        event = UsageEvent.model_validate_json(data, context={"now": now} if now else None)
+    except ValidationError as error:
+        raise InvalidEventError(_reason(error)) from None
+    attr_org = attributes.get("organization_id")
+    if attr_org is not None and attr_org != str(event.organization_id):
+        raise InvalidEventError("organization_id: attribute differs from the body")
+    return event
+
+
+def validate_event(fields: Mapping[str, Any], *, now: datetime | None = None) -> UsageEvent:
+    """Build an event from Python values (the producer's path); InvalidEventError on bad input."""
+    try:
+        return UsageEvent.model_validate(fields, context={"now": now} if now else None)
+    except ValidationError as error:
+        raise InvalidEventError(_reason(error)) from None

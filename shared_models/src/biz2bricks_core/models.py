@@ -1,0 +1,320 @@
+"""SQLAlchemy 2.0 models of every table of the usage pipeline and the original library."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "AuditLogModel",
+    "Base",
+    "DocumentModel",
+    "FolderModel",
+    "ModelPricingModel",
+    "OrganizationModel",
+    "SubscriptionPlanModel",
+    "UsageDailySummaryModel",
+    "UsageEventModel",
+    "UsageEventRejectModel",
+    "UsageLimitsModel",
+    "UsageRollupDayModel",
+    "UserModel",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Money = Numeric(20, 10)
+PricePerMTok = Numeric(14, 6)
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention, so migrations stay stable."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        uuid.UUID: UUID(as_uuid=True),
+        datetime: Timestamp,
+        dict[str, Any]: JSONB,
+    }
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, default=uuid.uuid4)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(server_default=func.now())
+
+
+def _org_fk(**kwargs: Any) -> Mapped[uuid.UUID]:
+    return mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), **kwargs)
+
+
+class OrganizationModel(Base):
+    """A tenant: every other tenant table carries its ``organization_id``."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str | None] = mapped_column(String(100), unique=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    @property
+    def organization_id(self) -> uuid.UUID:
+        """The tenant key, named as on every other table."""
+        return self.id
+
+
+class UserModel(Base):
+    """A person in one organization."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("organization_id", "email"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    organization_id: Mapped[uuid.UUID] = _org_fk(index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32), server_default="member")
+    is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class FolderModel(Base):
+    """A folder of documents; folders nest through ``parent_id``."""
+
+    __tablename__ = "folders"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "parent_id", "name"),
+        Index("ix_folders_parent_id", "parent_id"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    organization_id: Mapped[uuid.UUID] = _org_fk(index=True)
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("folders.id", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = _created_at()
+
+    parent: Mapped[FolderModel | None] = relationship(remote_side=[id], back_populates="children")
+    children: Mapped[list[FolderModel]] = relationship(back_populates="parent")
+
+
+class DocumentModel(Base):
+    """Metadata of a stored document; its bytes live in GCS. Live while ``deleted_at`` is null."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        CheckConstraint("size_bytes >= 0", name="size_nonnegative"),
+        Index(
+            "ix_documents_org_live", "organization_id", postgresql_where=text("deleted_at IS NULL")
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    folder_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("folders.id", ondelete="SET NULL"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    gcs_uri: Mapped[str | None] = mapped_column(Text)
+    content_type: Mapped[str | None] = mapped_column(String(200))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    uploaded_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created_at()
+    deleted_at: Mapped[datetime | None]
+
+
+class AuditLogModel(Base):
+    """Who did what to which entity, for operations that change limits, credits or storage."""
+
+    __tablename__ = "audit_logs"
+    __table_args__ = (Index("ix_audit_logs_org_created", "organization_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    user_id: Mapped[uuid.UUID | None]
+    action: Mapped[str] = mapped_column(String(64))
+    entity_type: Mapped[str] = mapped_column(String(64))
+    entity_id: Mapped[str | None] = mapped_column(String(100))
+    details: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = _created_at()
+
+
+class SubscriptionPlanModel(Base):
+    """A plan's limits. A null limit means unlimited."""
+
+    __tablename__ = "subscription_plans"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    monthly_price_usd: Mapped[Decimal] = mapped_column(Money)
+    token_limit: Mapped[int | None] = mapped_column(BigInteger)
+    storage_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    soft_limit: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    period_unit: Mapped[str] = mapped_column(String(8), server_default="month")
+    is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+
+    __table_args__ = (
+        CheckConstraint("period_unit IN ('month', 'year')", name="period_unit_known"),
+    )
+
+
+class ModelPricingModel(Base):
+    """USD per million tokens of one model, in force from ``effective_from`` until the next row."""
+
+    __tablename__ = "model_pricing"
+    __table_args__ = (UniqueConstraint("provider", "model", "effective_from"),)
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(100))
+    effective_from: Mapped[datetime]
+    input_per_mtok: Mapped[Decimal] = mapped_column(PricePerMTok)
+    output_per_mtok: Mapped[Decimal] = mapped_column(PricePerMTok)
+    cache_read_per_mtok: Mapped[Decimal | None] = mapped_column(PricePerMTok)
+    cache_write_per_mtok: Mapped[Decimal | None] = mapped_column(PricePerMTok)
+    source: Mapped[str | None] = mapped_column(String(200))
+
+
+class UsageLimitsModel(Base):
+    """One row per organization: plan limits and the precomputed counters of its current period."""
+
+    __tablename__ = "usage_limits"
+    __table_args__ = (
+        CheckConstraint("tokens_used_period >= 0", name="tokens_nonnegative"),
+        CheckConstraint("storage_used_bytes >= 0", name="storage_nonnegative"),
+        CheckConstraint("credits_tokens >= 0", name="credits_nonnegative"),
+        CheckConstraint("period_end > period_start", name="period_ordered"),
+        CheckConstraint("period_unit IN ('month', 'year')", name="period_unit_known"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = _org_fk(primary_key=True)
+    plan: Mapped[str] = mapped_column(ForeignKey("subscription_plans.name"))
+    token_limit: Mapped[int | None] = mapped_column(BigInteger)
+    soft_limit: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    credits_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    period_unit: Mapped[str] = mapped_column(String(8), server_default="month")
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]
+    tokens_used_period: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cost_usd_period: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    storage_used_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    storage_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    counters_updated_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class UsageEventModel(Base):
+    """One row per accepted usage event; ``event_id`` makes redeliveries harmless."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        Index("ix_usage_events_org_occurred", "organization_id", "occurred_at"),
+        # BRIN: both columns grow with insertion order, and a BRIN index costs inserts little.
+        Index("ix_usage_events_received_brin", "received_at", postgresql_using="brin"),
+        Index("ix_usage_events_occurred_brin", "occurred_at", postgresql_using="brin"),
+    )
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    user_id: Mapped[uuid.UUID | None]
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    provider: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(100))
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    pricing_id: Mapped[int | None] = mapped_column(ForeignKey("model_pricing.id"))
+    operation: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+
+
+class UsageEventRejectModel(Base):
+    """A message that could not become an event, kept whole with the reason."""
+
+    __tablename__ = "usage_event_rejects"
+    __table_args__ = (Index("ix_usage_event_rejects_received_at", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    message_id: Mapped[str | None] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    reason_code: Mapped[str] = mapped_column(String(32))
+    raw_data: Mapped[bytes] = mapped_column(LargeBinary)
+    attributes: Mapped[dict[str, Any] | None]
+    delivery_attempt: Mapped[int | None] = mapped_column(Integer)
+    published_at: Mapped[datetime | None]
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class UsageDailySummaryModel(Base):
+    """Per organization, UTC day, provider and model: what the day's events add up to."""
+
+    __tablename__ = "usage_daily_summaries"
+
+    organization_id: Mapped[uuid.UUID] = _org_fk(primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(100), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    request_count: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal] = mapped_column(Money)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class UsageRollupDayModel(Base):
+    """When each UTC day was last rolled up; events received later make the day due again."""
+
+    __tablename__ = "usage_rollup_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    rolled_up_at: Mapped[datetime]
+    # The newest received_at included by that run: events received after it are late arrivals.
+    watermark: Mapped[datetime]
+    rows_written: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,306 @@
+"""UsageService: the synchronous limit checks on the AI service's and backend API's request paths.
+
+Each check is one round trip: a primary-key read for tokens, one conditional UPDATE (with its
+audit row in the same statement) for storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
+
+__all__ = [
+    "DATABASE_DOWN_ERRORS",
+    "LimitDecision",
+    "UsageService",
+    "UsageServiceSettings",
+    "UsageSnapshot",
+    "as_org_id",
+    "token_decision",
+]
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database did not answer", as opposed to a bad request.
+DATABASE_DOWN_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    PoolTimeoutError,
+    OperationalError,
+    InterfaceError,
+)
+
+_TOKEN_CHECK = text(
+    "SELECT token_limit, credits_tokens, tokens_used_period, soft_limit, period_end,"
+    " counters_updated_at, now() AS now FROM usage_limits WHERE organization_id = :org"
+)
+_RESERVE = text(
+    "WITH changed AS ("
+    " UPDATE usage_limits SET storage_used_bytes = storage_used_bytes + :n, updated_at = now()"
+    " WHERE organization_id = :org AND (storage_limit_bytes IS NULL"
+    "   OR storage_used_bytes + :n <= storage_limit_bytes)"
+    " RETURNING organization_id, storage_used_bytes, storage_limit_bytes),"
+    " audit AS (INSERT INTO audit_logs (organization_id, user_id, action, entity_type, details)"
+    "   SELECT organization_id, :actor, 'storage.reserve', 'usage_limits',"
+    "   jsonb_build_object('bytes', CAST(:n AS bigint), 'used_after', storage_used_bytes)"
+    "   FROM changed)"
+    " SELECT storage_used_bytes, storage_limit_bytes FROM changed"
+)
+_RELEASE = text(
+    "WITH changed AS ("
+    " UPDATE usage_limits SET storage_used_bytes = greatest(storage_used_bytes - :n, 0),"
+    "   updated_at = now() WHERE organization_id = :org"
+    " RETURNING organization_id, storage_used_bytes),"
+    " audit AS (INSERT INTO audit_logs (organization_id, user_id, action, entity_type, details)"
+    "   SELECT organization_id, :actor, 'storage.release', 'usage_limits',"
+    "   jsonb_build_object('bytes', CAST(:n AS bigint), 'used_after', storage_used_bytes)"
+    "   FROM changed)"
+    " SELECT storage_used_bytes FROM changed"
+)
+_STORAGE_STATE = text(
+    "SELECT storage_used_bytes, storage_limit_bytes FROM usage_limits WHERE organization_id = :org"
+)
+
+
+class UsageServiceSettings(BaseSettings):
+    """What a limit check answers when the database is down (each case is logged and counted)."""
+
+    model_config = SettingsConfigDict(env_prefix="USAGE_", extra="ignore")
+
+    token_check_fail_open: bool = Field(default=True)
+    storage_fail_open: bool = Field(default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDecision:
+    """The answer of a limit check. ``limit`` None means unlimited."""
+
+    allowed: bool
+    used: int
+    limit: int | None
+    remaining: int | None
+    reason: str
+    period_end: datetime | None = None
+    counters_updated_at: datetime | None = None
+    counter_age_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSnapshot:
+    """An organization's usage against its limits, for dashboards."""
+
+    organization_id: uuid.UUID
+    plan: str
+    period_start: datetime
+    period_end: datetime
+    tokens_used_period: int
+    token_limit: int | None
+    credits_tokens: int
+    cost_usd_period: Decimal
+    storage_used_bytes: int
+    storage_limit_bytes: int | None
+    counters_updated_at: datetime | None
+
+
+def as_org_id(value: uuid.UUID | str) -> uuid.UUID:
+    """Accept a UUID or its string; anything else is an InvalidArgumentError."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidArgumentError(f"organization_id: {value!r} is not a UUID") from None
+
+
+def _as_size(n_bytes: int) -> int:
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 0:
+        raise InvalidArgumentError(f"n_bytes: must be an int >= 0, got {n_bytes!r}")
+    return n_bytes
+
+
+class UsageService:
+    """Limit checks, storage reservations, plans and credits of organizations."""
+
+    def __init__(self, db: DatabaseManager, settings: UsageServiceSettings | None = None) -> None:
+        self.db = db
+        self.settings = settings if settings is not None else UsageServiceSettings()
+        self.counters: dict[str, int] = {
+            "token_fail_open": 0,
+            "token_fail_closed": 0,
+            "storage_fail_open": 0,
+            "storage_fail_closed": 0,
+        }
+
+    async def check_token_limit(
+        self, organization_id: uuid.UUID | str, estimated_tokens: int = 0
+    ) -> LimitDecision:
+        """May this organization make an LLM call of about ``estimated_tokens``? One PK read."""
+        org = as_org_id(organization_id)
+        if isinstance(estimated_tokens, bool) or estimated_tokens < 0:
+            raise InvalidArgumentError(f"estimated_tokens: must be >= 0, got {estimated_tokens!r}")
+        try:
+            async with self.db.engine.connect() as conn:
+                row = (await conn.execute(_TOKEN_CHECK, {"org": org})).first()
+        except DATABASE_DOWN_ERRORS as error:
+            return self._database_down("token", self.settings.token_check_fail_open, org, error)
+        if row is None:
+            raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
+        return token_decision(row._mapping, estimated_tokens)
+
+    async def reserve_storage(
+        self, organization_id: uuid.UUID | str, n_bytes: int, *, actor: uuid.UUID | None = None
+    ) -> LimitDecision:
+        """Add ``n_bytes`` to the organization's storage if it stays within the limit."""
+        org, n = as_org_id(organization_id), _as_size(n_bytes)
+        try:
+            async with self.db.engine.begin() as conn:
+                row = (await conn.execute(_RESERVE, {"org": org, "n": n, "actor": actor})).first()
+                if row is None:
+                    state = (await conn.execute(_STORAGE_STATE, {"org": org})).first()
+        except DATABASE_DOWN_ERRORS as error:
+            return self._database_down("storage", self.settings.storage_fail_open, org, error)
+        if row is not None:
+            used, limit = row
+            return LimitDecision(True, used, limit, None if limit is None else limit - used, "ok")
+        if state is None:
+            raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
+        used, limit = state
+        return LimitDecision(False, used, limit, max(limit - used, 0), "storage_limit_exceeded")
+
+    async def release_storage(
+        self, organization_id: uuid.UUID | str, n_bytes: int, *, actor: uuid.UUID | None = None
+    ) -> None:
+        """Subtract ``n_bytes`` from the organization's storage, never below zero."""
+        org, n = as_org_id(organization_id), _as_size(n_bytes)
+        async with self.db.engine.begin() as conn:
+            row = (await conn.execute(_RELEASE, {"org": org, "n": n, "actor": actor})).first()
+        if row is None:
+            raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
+
+    def _database_down(
+        self, kind: str, fail_open: bool, org: uuid.UUID, error: BaseException
+    ) -> LimitDecision:
+        outcome = "fail_open" if fail_open else "fail_closed"
+        self.counters[f"{kind}_{outcome}"] += 1
+        log.warning(
+            "usage.limit_check_database_down",
+            extra={
+                "check": kind,
+                "outcome": outcome,
+                "organization_id": str(org),
+                "error": f"{type(error).__name__}: {error}",
+            },
+        )
+        return LimitDecision(fail_open, 0, None, None, f"database_unavailable_{outcome}")
+
+    async def provision_organization(
+        self, organization_id: uuid.UUID | str, plan: str = "free", *, name: str | None = None
+    ) -> None:
+        """Create or update the organization and its usage_limits row from ``plan``. Idempotent.
+
+        Counters and credits survive a plan change; the period stays unless there is none yet.
+        """
+        from biz2bricks_core._provisioning import provision
+
+        async with self.db.session() as session:
+            await provision(session, as_org_id(organization_id), plan, name)
+
+    async def grant_credits(
+        self,
+        organization_id: uuid.UUID | str,
+        tokens: int,
+        *,
+        actor: uuid.UUID | None = None,
+        note: str | None = None,
+    ) -> int:
+        """Add purchased token credits; returns the new balance. Audited."""
+        org = as_org_id(organization_id)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
+            raise InvalidArgumentError(f"tokens: must be an int > 0, got {tokens!r}")
+        async with self.db.session() as session:
+            balance = (
+                await session.execute(
+                    text(
+                        "WITH changed AS (UPDATE usage_limits"
+                        " SET credits_tokens = credits_tokens + :t,"
+                        " updated_at = now() WHERE organization_id = :org"
+                        " RETURNING organization_id, credits_tokens),"
+                        " audit AS (INSERT INTO audit_logs (organization_id, user_id, action,"
+                        " entity_type, details) SELECT organization_id, :actor, 'credits.grant',"
+                        " 'usage_limits', jsonb_build_object('tokens', CAST(:t AS bigint),"
+                        " 'balance', credits_tokens, 'note', CAST(:note AS text)) FROM changed)"
+                        " SELECT credits_tokens FROM changed"
+                    ),
+                    {"org": org, "t": tokens, "actor": actor, "note": note},
+                )
+            ).scalar()
+        if balance is None:
+            raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
+        return int(balance)
+
+    async def get_usage(self, organization_id: uuid.UUID | str) -> UsageSnapshot:
+        """A snapshot of the organization's usage and limits in its current period."""
+        org = as_org_id(organization_id)
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT plan, period_start, period_end, token_limit, credits_tokens,"
+                        " CASE WHEN now() >= period_end THEN 0"
+                        " ELSE tokens_used_period END AS tokens,"
+                        " CASE WHEN now() >= period_end THEN 0 ELSE cost_usd_period END AS cost,"
+                        " storage_used_bytes, storage_limit_bytes, counters_updated_at"
+                        " FROM usage_limits WHERE organization_id = :org"
+                    ),
+                    {"org": org},
+                )
+            ).first()
+        if row is None:
+            raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
+        m = row._mapping
+        return UsageSnapshot(
+            organization_id=org,
+            plan=m["plan"],
+            period_start=m["period_start"],
+            period_end=m["period_end"],
+            tokens_used_period=m["tokens"],
+            token_limit=m["token_limit"],
+            credits_tokens=m["credits_tokens"],
+            cost_usd_period=m["cost"],
+            storage_used_bytes=m["storage_used_bytes"],
+            storage_limit_bytes=m["storage_limit_bytes"],
+            counters_updated_at=m["counters_updated_at"],
+        )
+
+
+def token_decision(row: Any, estimated_tokens: int) -> LimitDecision:
+    """Decide a token check from a usage_limits row (pure: no I/O)."""
+    now: datetime = row["now"]
+    period_over = now >= row["period_end"]
+    used = 0 if period_over else int(row["tokens_used_period"])
+    updated = row["counters_updated_at"]
+    age = None if updated is None else max((now - updated).total_seconds(), 0.0)
+    common = {"period_end": row["period_end"], "counters_updated_at": updated, "counter_age_s": age}
+    limit = row["token_limit"]
+    if limit is None:
+        return LimitDecision(True, used, None, None, "unlimited", **common)
+    allowance = int(limit) + int(row["credits_tokens"])
+    remaining = max(allowance - used, 0)
+    if used + estimated_tokens <= allowance:
+        return LimitDecision(True, used, allowance, remaining, "ok", **common)
+    if row["soft_limit"]:
+        return LimitDecision(True, used, allowance, remaining, "soft_limit_exceeded", **common)
+    return LimitDecision(False, used, allowance, remaining, "token_limit_exceeded", **common)

@@ -1,0 +1,79 @@
+"""DatabaseManager against real PostgreSQL: commit, rollback, per-loop engines, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import select, text
+
+from biz2bricks_core import DatabaseConfig, DatabaseManager, DatabaseUnavailableError
+from biz2bricks_core.models import OrganizationModel
+
+
+async def test_session_commits_when_the_block_succeeds(db: DatabaseManager) -> None:
+    org_id = uuid.uuid4()
+    async with db.session() as session:
+        session.add(OrganizationModel(id=org_id, name="committed"))
+    async with db.session() as session:
+        assert (await session.get(OrganizationModel, org_id)) is not None
+
+
+async def test_session_rolls_back_when_the_block_raises(db: DatabaseManager) -> None:
+    org_id = uuid.uuid4()
+
+    async def add_then_fail() -> None:
+        async with db.session() as session:
+            session.add(OrganizationModel(id=org_id, name="rolled back"))
+            await session.flush()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await add_then_fail()
+    async with db.session() as session:
+        assert (await session.get(OrganizationModel, org_id)) is None
+
+
+async def test_get_session_dependency_commits(db: DatabaseManager) -> None:
+    org_id = uuid.uuid4()
+    dependency = db.get_session()
+    session = await anext(dependency)
+    session.add(OrganizationModel(id=org_id, name="via dependency"))
+    with pytest.raises(StopAsyncIteration):
+        await anext(dependency)
+    async with db.session() as check:
+        assert (
+            await check.scalar(select(OrganizationModel.name).where(OrganizationModel.id == org_id))
+        ) == "via dependency"
+
+
+async def test_a_second_event_loop_gets_its_own_engine(db: DatabaseManager) -> None:
+    # Given the manager already used on this loop
+    async with db.session() as session:
+        assert (await session.scalar(text("SELECT 1"))) == 1
+    results: list[object] = []
+
+    async def use_from_other_loop() -> None:
+        async with db.session() as session:
+            results.append(await session.scalar(text("SELECT 2")))
+        await db.dispose()
+
+    # When a thread with its own loop uses the same manager
+    thread = threading.Thread(target=lambda: asyncio.run(use_from_other_loop()))
+    thread.start()
+    thread.join(timeout=30)
+    # Then it works there and still works here
+    assert results == [2]
+    async with db.session() as session:
+        assert (await session.scalar(text("SELECT 3"))) == 3
+
+
+async def test_unreachable_database_names_the_service_and_the_fix() -> None:
+    manager = DatabaseManager(
+        DatabaseConfig(database_url="postgresql://nobody@127.0.0.1:1/none", db_pool_timeout_s=2)
+    )
+    with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1.*DATABASE_URL"):
+        await manager.check()
+    await manager.dispose()

@@ -1,0 +1,161 @@
+"""The wire format v1 contract: every rule, valid and invalid, with reasons naming the field."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from biz2bricks_core import InvalidEventError, UsageEvent, decode_event, encode_event
+from biz2bricks_core.events import MAX_BODY_BYTES, validate_event
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+ATTRS = {"event_type": "llm.tokens", "schema_version": "1"}
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "organization_id": str(uuid.uuid4()),
+        "occurred_at": "2026-11-24T11:59:00+00:00",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 1000,
+        "output_tokens": 200,
+    }
+    fields.update(overrides)
+    return fields
+
+
+def decode(fields: dict[str, Any], attrs: dict[str, str] | None = None) -> UsageEvent:
+    return decode_event(json.dumps(fields).encode(), attrs if attrs is not None else ATTRS, now=NOW)
+
+
+def test_a_minimal_valid_event_decodes_with_defaults() -> None:
+    event = decode(body())
+    assert event.cache_read_tokens == 0
+    assert event.cache_write_tokens == 0
+    assert event.total_tokens == 1200
+    assert event.occurred_at.tzinfo is not None
+
+
+def test_encode_then_decode_round_trips_every_field() -> None:
+    event = validate_event(
+        body(
+            user_id=str(uuid.uuid4()),
+            cache_read_tokens=300,
+            cache_write_tokens=100,
+            operation="summarize",
+            request_id="req-1",
+            metadata={"doc": "a.pdf"},
+        ),
+        now=NOW,
+    )
+    data, attributes = encode_event(event)
+    assert attributes == {**ATTRS, "organization_id": str(event.organization_id)}
+    assert decode_event(data, attributes, now=NOW) == event
+
+
+def test_offsets_are_normalised_to_utc() -> None:
+    event = decode(body(occurred_at="2026-11-24T13:30:00+02:00"))
+    assert event.occurred_at == datetime(2026, 11, 24, 11, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"input_tokens": -1}, "input_tokens"),
+        ({"output_tokens": -5}, "output_tokens"),
+        ({"cache_read_tokens": -1}, "cache_read_tokens"),
+        ({"input_tokens": "100"}, "input_tokens"),
+        ({"input_tokens": 1.5}, "input_tokens"),
+        ({"input_tokens": True}, "input_tokens"),
+        ({"event_id": "not-a-uuid"}, "event_id"),
+        ({"organization_id": None}, "organization_id"),
+        ({"user_id": "x"}, "user_id"),
+        ({"occurred_at": "2026-11-24T11:59:00"}, "occurred_at"),
+        ({"occurred_at": "yesterday"}, "occurred_at"),
+        ({"provider": ""}, "provider"),
+        ({"model": "m" * 101}, "model"),
+        ({"surprise": 1}, "surprise"),
+        ({"metadata": {"blob": "x" * 9000}}, "metadata"),
+        ({"operation": "o" * 201}, "operation"),
+    ],
+)
+def test_a_rule_violation_is_rejected_with_the_field_named(
+    overrides: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        decode(body(**overrides))
+    assert field in caught.value.reason
+
+
+def test_missing_required_fields_are_named() -> None:
+    fields = body()
+    del fields["model"]
+    with pytest.raises(InvalidEventError, match="model"):
+        decode(fields)
+
+
+def test_cache_tokens_above_input_tokens_are_rejected() -> None:
+    with pytest.raises(InvalidEventError, match="exceed input_tokens"):
+        decode(body(input_tokens=100, cache_read_tokens=80, cache_write_tokens=30))
+
+
+def test_cache_tokens_equal_to_input_tokens_are_accepted() -> None:
+    assert decode(body(input_tokens=100, cache_read_tokens=70, cache_write_tokens=30))
+
+
+def test_a_timestamp_beyond_the_allowed_skew_is_rejected() -> None:
+    future = (NOW + timedelta(minutes=10)).isoformat()
+    with pytest.raises(InvalidEventError, match=r"occurred_at: .*in the future"):
+        decode(body(occurred_at=future))
+
+
+def test_a_timestamp_within_the_allowed_skew_is_accepted() -> None:
+    assert decode(body(occurred_at=(NOW + timedelta(minutes=2)).isoformat()))
+
+
+def test_an_oversized_body_is_rejected_before_parsing() -> None:
+    data = b"{" + b" " * MAX_BODY_BYTES + b"}"
+    with pytest.raises(InvalidEventError, match=r"body: .* over the 65536 byte limit"):
+        decode_event(data, ATTRS, now=NOW)
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[]", b"", b"\xff\xfe"])
+def test_bodies_that_are_not_a_json_object_are_rejected(data: bytes) -> None:
+    with pytest.raises(InvalidEventError):
+        decode_event(data, ATTRS, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "match"),
+    [
+        ({"event_type": "llm.tokens", "schema_version": "2"}, "schema_version"),
+        ({"event_type": "llm.tokens"}, "schema_version"),
+        ({"event_type": "storage.bytes", "schema_version": "1"}, "event_type"),
+    ],
+)
+def test_unknown_attributes_are_rejected(attrs: dict[str, str], match: str) -> None:
+    with pytest.raises(InvalidEventError, match=match):
+        decode(body(), attrs)
+
+
+def test_organization_attribute_must_match_the_body() -> None:
+    with pytest.raises(InvalidEventError, match="organization_id: attribute differs"):
+        decode(body(), {**ATTRS, "organization_id": str(uuid.uuid4())})
+
+
+def test_importing_the_contract_does_not_import_sqlalchemy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, biz2bricks_core.events, biz2bricks_core; "
+        "bad = [m for m in ('sqlalchemy', 'asyncpg') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

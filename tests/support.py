@@ -1,0 +1,86 @@
+"""Helpers shared by the tests: service resolution, fresh databases, migrations, Pub/Sub names."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import URL, make_url
+
+from biz2bricks_core.config import to_asyncpg_url
+from biz2bricks_core.localservices import ServiceUnavailableError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_services() -> bool:
+    """Under REQUIRE_SERVICES=1 (CI) a missing service fails the run instead of skipping."""
+    return os.environ.get("REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+def service_missing(error: ServiceUnavailableError) -> None:
+    """Fail (CI) or skip (a laptop without the service) with the service's own hint."""
+    if require_services():
+        pytest.fail(f"REQUIRE_SERVICES=1 and {error}", pytrace=False)
+    pytest.skip(str(error))
+
+
+def with_database(url: str, database: str) -> URL:
+    """The same server, another database."""
+    return make_url(to_asyncpg_url(url)).set(database=database)
+
+
+def libpq_url(url: URL) -> str:
+    """A URL asyncpg.connect understands (no +asyncpg driver suffix)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _admin(server_url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(libpq_url(with_database(server_url, "postgres")))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def create_database(server_url: str, prefix: str = "b2b_test") -> str:
+    """Create an empty database with a unique name on the server; return its asyncpg URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    return with_database(server_url, name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    """Drop a database made by create_database, closing its other connections first."""
+    name = make_url(url).database
+    asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic config for the repository's migrations aimed at ``url``."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["configure_logger"] = False
+    config.attributes["database_url"] = url
+    return config
+
+
+def migrate(url: str, revision: str = "head", *, down: bool = False) -> None:
+    """Run Alembic upgrade (or downgrade) against ``url``, through the project's env.py."""
+    config = alembic_config(url)
+    if down:
+        command.downgrade(config, revision)
+    else:
+        command.upgrade(config, revision)
+
+
+def unique_name(prefix: str) -> str:
+    """A Pub/Sub-safe unique resource name."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
