@@ -1,0 +1,54 @@
+"""Exceptions of the consumer worker."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from google.api_core import exceptions as gexc
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from biz2bricks_core.errors import Biz2BricksError
+
+
+class ConsumerError(Biz2BricksError):
+    """Root of the consumer's own exceptions."""
+
+
+class BatchAbandoned(ConsumerError):
+    """A batch could not be committed (retry budget or shutdown grace spent); it is released."""
+
+
+# Database failures worth retrying: the server went away, a connection broke, the pool timed
+# out, or a serialization/deadlock error under concurrency. Everything else is a bug.
+RETRYABLE_DB_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    ConnectionError,
+    PoolTimeoutError,
+    OperationalError,
+    InterfaceError,
+)
+
+# Pub/Sub failures worth retrying on pull, ack and lease extension.
+RETRYABLE_PUBSUB_ERRORS: Final = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.Aborted,
+    gexc.Unknown,
+    gexc.ResourceExhausted,
+)
+
+
+def is_retryable_db_error(error: BaseException) -> bool:
+    """True for connection loss and transient server states, including asyncpg's own errors."""
+    if isinstance(error, RETRYABLE_DB_ERRORS):
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+        # 40001 serialization failure, 40P01 deadlock, 08xxx connection, 57Pxx shutdown.
+        return bool(sqlstate) and str(sqlstate).startswith(("40001", "40P01", "08", "57P"))
+    return False

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one worker, in a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ConsumerMetrics:
+    """The worker's counters, histograms and gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.pulled = Counter("usage_consumer_messages_pulled", "Messages pulled", registry=r)
+        self.inserted = Counter("usage_consumer_events_inserted", "Events inserted", registry=r)
+        self.duplicates = Counter(
+            "usage_consumer_duplicates", "Events already stored (redeliveries)", registry=r
+        )
+        self.rejects = Counter(
+            "usage_consumer_rejects", "Messages rejected", ["reason"], registry=r
+        )
+        self.acked = Counter("usage_consumer_messages_acked", "Messages acked", registry=r)
+        self.commit_retries = Counter(
+            "usage_consumer_commit_retries", "Batch commits retried", registry=r
+        )
+        self.batch_size = Histogram(
+            "usage_consumer_batch_size",
+            "Messages per batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "usage_consumer_batch_seconds",
+            "Decode-to-commit time of a batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.oldest_message_age = Gauge(
+            "usage_consumer_oldest_message_age_seconds",
+            "Age of the oldest message in the last committed batch",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "usage_consumer_database_up", "1 when the last commit succeeded", registry=r
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (tests and the demo read counters this way)."""
+        found = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if found is None else found

@@ -1,0 +1,202 @@
+"""The write path against real PostgreSQL: exactly once, rejects, periods, cost, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import text
+
+from biz2bricks_core import DatabaseManager
+from biz2bricks_core.periods import period_bounds
+from biz2bricks_consumer.batching import build_batch
+from biz2bricks_consumer.pricing_cache import load_price_book
+from biz2bricks_consumer.writer import BatchWriter
+from tests.factories import (
+    assert_counter_derivable,
+    counters,
+    event_count,
+    make_event,
+    message_for,
+    provisioned_org,
+    raw_message,
+)
+
+
+@pytest.fixture
+async def writer(db: DatabaseManager) -> BatchWriter:
+    book = await load_price_book(db)
+    return BatchWriter(db, lambda: book)
+
+
+async def test_a_batch_inserts_rows_and_adds_tokens_once(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    org = await provisioned_org(db)
+    events = [make_event(org, input_tokens=100 * (i + 1), output_tokens=10) for i in range(5)]
+    result = await writer.write(build_batch(message_for(e) for e in events))
+    assert result.inserted == 5
+    assert await event_count(db, org) == 5
+    assert await assert_counter_derivable(db, org) == 1500 + 50
+
+
+async def test_duplicates_within_one_batch_count_once(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    org = await provisioned_org(db)
+    event = make_event(org)
+    result = await writer.write(build_batch([message_for(event)] * 3))
+    assert (result.inserted, result.duplicates) == (1, 2)
+    assert await event_count(db, org) == 1
+    assert await assert_counter_derivable(db, org) == event.total_tokens
+
+
+async def test_duplicates_across_batches_count_once(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    org = await provisioned_org(db)
+    events = [make_event(org) for _ in range(3)]
+    await writer.write(build_batch(message_for(e) for e in events))
+    again = await writer.write(build_batch(message_for(e) for e in [*events, make_event(org)]))
+    assert (again.inserted, again.duplicates) == (1, 3)
+    assert await event_count(db, org) == 4
+    assert await assert_counter_derivable(db, org) == 4 * 1100
+
+
+async def test_poison_messages_become_rejects_and_valid_ones_are_written(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    org = await provisioned_org(db)
+    good = [make_event(org) for _ in range(3)]
+    attrs = {"event_type": "llm.tokens", "schema_version": "1"}
+    poison = [
+        raw_message(b"{not json", attrs),
+        raw_message(b'{"event_id": "x"}', {**attrs, "schema_version": "9"}),
+        raw_message(
+            message_for(make_event(org, input_tokens=5)).data.replace(b'"input_tokens":5',
+                                                                       b'"input_tokens":-5'),
+            {**attrs, "organization_id": str(org)},
+        ),
+        raw_message(b"x" * 70_000, attrs),
+    ]
+    result = await writer.write(
+        build_batch([message_for(good[0]), *poison[:2], message_for(good[1]), *poison[2:],
+                     message_for(good[2])])
+    )
+    assert result.inserted == 3
+    assert len(result.rejected) == 4
+    assert await event_count(db, org) == 3
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT message_id, reason, reason_code, raw_data, attributes FROM usage_event_rejects"
+            " WHERE message_id = ANY(:ids) ORDER BY id"),
+            {"ids": [p.message_id for p in poison]})).all()
+    by_id = {r.message_id: r for r in rows}
+    assert set(by_id) == {p.message_id for p in poison}
+    assert by_id[poison[0].message_id].raw_data == b"{not json"
+    assert "schema_version" in by_id[poison[1].message_id].reason
+    assert by_id[poison[2].message_id].reason_code == "input_tokens"
+    assert "byte limit" in by_id[poison[3].message_id].reason
+    assert by_id[poison[1].message_id].attributes["schema_version"] == "9"
+
+
+async def test_events_of_an_unknown_organization_are_rejected_not_lost(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    known = await provisioned_org(db)
+    stranger = uuid.uuid4()
+    message = message_for(make_event(stranger))
+    result = await writer.write(build_batch([message, message_for(make_event(known))]))
+    assert result.inserted == 1
+    assert [r.reason_code for r in result.rejected] == ["unknown_organization"]
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(text(
+            "SELECT organization_id, raw_data FROM usage_event_rejects WHERE message_id = :m"),
+            {"m": message.message_id})).one()
+    assert row.organization_id == stranger
+    assert row.raw_data == message.data
+
+
+async def test_a_late_event_from_the_previous_period_is_stored_but_not_counted(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    org = await provisioned_org(db)
+    await writer.write(build_batch([message_for(make_event(org))]))
+    before = await counters(db, org)
+    late = make_event(org, occurred_at=before["period_start"] - timedelta(hours=2))
+    result = await writer.write(build_batch([message_for(late)]))
+    after = await counters(db, org)
+    assert result.inserted == 1
+    assert await event_count(db, org) == 2
+    assert after["tokens_used_period"] == before["tokens_used_period"]
+    assert after["period_start"] == before["period_start"]
+    await assert_counter_derivable(db, org)
+
+
+async def test_the_first_event_after_period_end_rolls_the_period_forward(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given an organization whose current period ended (set back two months) with usage in it
+    org = await provisioned_org(db, plan="free")
+    now = datetime.now(UTC)
+    old_start, old_end = period_bounds(now - timedelta(days=62))
+    async with db.session() as session:
+        await session.execute(text(
+            "UPDATE usage_limits SET period_start = :s, period_end = :e,"
+            " tokens_used_period = 150000, credits_tokens = 80000 WHERE organization_id = :o"),
+            {"s": old_start, "e": old_end, "o": org})
+    # When a batch brings a late event of the old period and the first one of this period
+    stale = make_event(org, occurred_at=old_start + timedelta(days=1), input_tokens=7)
+    fresh = make_event(org, input_tokens=300, output_tokens=20)
+    await writer.write(build_batch([message_for(stale), message_for(fresh)]))
+    # Then the period is the current one, holding only the fresh event's tokens
+    after = await counters(db, org)
+    assert (after["period_start"], after["period_end"]) == period_bounds(now)
+    assert after["tokens_used_period"] == 320
+    # and the credits paid for the 50,000 tokens the old period used beyond its 100,000 limit
+    assert after["credits_tokens"] == 30000
+    await assert_counter_derivable(db, org)
+
+
+async def test_cost_uses_the_price_in_force_including_cached_tokens(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    org = await provisioned_org(db)
+    event = make_event(org, provider="anthropic", model="claude-sonnet-4-5",
+                       input_tokens=1_000_000, cache_read_tokens=600_000,
+                       cache_write_tokens=100_000, output_tokens=100_000)
+    unpriced = make_event(org, provider="acme", model="mystery-1")
+    await writer.write(build_batch([message_for(event), message_for(unpriced)]))
+    async with db.engine.connect() as conn:
+        rows = {r.model: r for r in (await conn.execute(text(
+            "SELECT e.model, e.cost_usd, e.pricing_id, p.input_per_mtok, p.cache_read_per_mtok,"
+            " p.cache_write_per_mtok, p.output_per_mtok FROM usage_events e"
+            " LEFT JOIN model_pricing p ON p.id = e.pricing_id WHERE e.organization_id = :o"),
+            {"o": org})).all()}
+    p = rows["claude-sonnet-4-5"]
+    expected = (300_000 * p.input_per_mtok + 600_000 * p.cache_read_per_mtok
+                + 100_000 * p.cache_write_per_mtok + 100_000 * p.output_per_mtok) / 1_000_000
+    assert p.cost_usd == expected
+    assert p.cost_usd > 0
+    assert (rows["mystery-1"].cost_usd, rows["mystery-1"].pricing_id) == (Decimal(0), None)
+    await assert_counter_derivable(db, org)
+
+
+async def test_concurrent_writers_on_shared_organizations_neither_deadlock_nor_lose(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given ten organizations and batches that touch them in different orders
+    orgs = [await provisioned_org(db) for _ in range(10)]
+    batches = []
+    for i in range(16):
+        order = orgs if i % 2 else list(reversed(orgs))
+        batches.append(build_batch(message_for(make_event(o, input_tokens=i + 1)) for o in order))
+    # When they are written concurrently on separate connections
+    results = await asyncio.gather(*(writer.write(b) for b in batches))
+    # Then every event counted exactly once
+    assert sum(r.inserted for r in results) == 160
+    for org in orgs:
+        assert await assert_counter_derivable(db, org) == sum(i + 1 + 100 for i in range(16))
