@@ -96,7 +96,7 @@ def pubsub_names(pubsub_emulator: LocalService) -> Iterator[PubSubNames]:
     subscriber = pubsub_v1.SubscriberClient()
     publisher.create_topic(name=names.topic_path)
     subscriber.create_subscription(
-        name=names.subscription_path, topic=names.topic_path, ack_deadline_seconds=30
+        name=names.subscription_path, topic=names.topic_path, ack_deadline_seconds=10
     )
     yield names
     subscriber.delete_subscription(subscription=names.subscription_path)

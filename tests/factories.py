@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from biz2bricks_core import DatabaseManager, UsageEvent, UsageService, encode_event
 from biz2bricks_consumer.batching import InboundMessage
+from biz2bricks_core import DatabaseManager, UsageEvent, UsageService, encode_event
 
 
 def make_event(organization_id: uuid.UUID, **overrides: Any) -> UsageEvent:

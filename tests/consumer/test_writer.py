@@ -10,11 +10,11 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
-from biz2bricks_core import DatabaseManager
-from biz2bricks_core.periods import period_bounds
 from biz2bricks_consumer.batching import build_batch
 from biz2bricks_consumer.pricing_cache import load_price_book
 from biz2bricks_consumer.writer import BatchWriter
+from biz2bricks_core import DatabaseManager
+from biz2bricks_core.periods import period_bounds
 from tests.factories import (
     assert_counter_derivable,
     counters,
@@ -76,24 +76,37 @@ async def test_poison_messages_become_rejects_and_valid_ones_are_written(
         raw_message(b"{not json", attrs),
         raw_message(b'{"event_id": "x"}', {**attrs, "schema_version": "9"}),
         raw_message(
-            message_for(make_event(org, input_tokens=5)).data.replace(b'"input_tokens":5',
-                                                                       b'"input_tokens":-5'),
+            message_for(make_event(org, input_tokens=5)).data.replace(
+                b'"input_tokens":5', b'"input_tokens":-5'
+            ),
             {**attrs, "organization_id": str(org)},
         ),
         raw_message(b"x" * 70_000, attrs),
     ]
     result = await writer.write(
-        build_batch([message_for(good[0]), *poison[:2], message_for(good[1]), *poison[2:],
-                     message_for(good[2])])
+        build_batch(
+            [
+                message_for(good[0]),
+                *poison[:2],
+                message_for(good[1]),
+                *poison[2:],
+                message_for(good[2]),
+            ]
+        )
     )
     assert result.inserted == 3
     assert len(result.rejected) == 4
     assert await event_count(db, org) == 3
     async with db.engine.connect() as conn:
-        rows = (await conn.execute(text(
-            "SELECT message_id, reason, reason_code, raw_data, attributes FROM usage_event_rejects"
-            " WHERE message_id = ANY(:ids) ORDER BY id"),
-            {"ids": [p.message_id for p in poison]})).all()
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT message_id, reason, reason_code, raw_data, attributes FROM usage_event_rejects"
+                    " WHERE message_id = ANY(:ids) ORDER BY id"
+                ),
+                {"ids": [p.message_id for p in poison]},
+            )
+        ).all()
     by_id = {r.message_id: r for r in rows}
     assert set(by_id) == {p.message_id for p in poison}
     assert by_id[poison[0].message_id].raw_data == b"{not json"
@@ -113,9 +126,14 @@ async def test_events_of_an_unknown_organization_are_rejected_not_lost(
     assert result.inserted == 1
     assert [r.reason_code for r in result.rejected] == ["unknown_organization"]
     async with db.engine.connect() as conn:
-        row = (await conn.execute(text(
-            "SELECT organization_id, raw_data FROM usage_event_rejects WHERE message_id = :m"),
-            {"m": message.message_id})).one()
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT organization_id, raw_data FROM usage_event_rejects WHERE message_id = :m"
+                ),
+                {"m": message.message_id},
+            )
+        ).one()
     assert row.organization_id == stranger
     assert row.raw_data == message.data
 
@@ -144,10 +162,13 @@ async def test_the_first_event_after_period_end_rolls_the_period_forward(
     now = datetime.now(UTC)
     old_start, old_end = period_bounds(now - timedelta(days=62))
     async with db.session() as session:
-        await session.execute(text(
-            "UPDATE usage_limits SET period_start = :s, period_end = :e,"
-            " tokens_used_period = 150000, credits_tokens = 80000 WHERE organization_id = :o"),
-            {"s": old_start, "e": old_end, "o": org})
+        await session.execute(
+            text(
+                "UPDATE usage_limits SET period_start = :s, period_end = :e,"
+                " tokens_used_period = 150000, credits_tokens = 80000 WHERE organization_id = :o"
+            ),
+            {"s": old_start, "e": old_end, "o": org},
+        )
     # When a batch brings a late event of the old period and the first one of this period
     stale = make_event(org, occurred_at=old_start + timedelta(days=1), input_tokens=7)
     fresh = make_event(org, input_tokens=300, output_tokens=20)
@@ -165,20 +186,38 @@ async def test_cost_uses_the_price_in_force_including_cached_tokens(
     db: DatabaseManager, writer: BatchWriter
 ) -> None:
     org = await provisioned_org(db)
-    event = make_event(org, provider="anthropic", model="claude-sonnet-4-5",
-                       input_tokens=1_000_000, cache_read_tokens=600_000,
-                       cache_write_tokens=100_000, output_tokens=100_000)
+    event = make_event(
+        org,
+        provider="anthropic",
+        model="claude-sonnet-4-5",
+        input_tokens=1_000_000,
+        cache_read_tokens=600_000,
+        cache_write_tokens=100_000,
+        output_tokens=100_000,
+    )
     unpriced = make_event(org, provider="acme", model="mystery-1")
     await writer.write(build_batch([message_for(event), message_for(unpriced)]))
     async with db.engine.connect() as conn:
-        rows = {r.model: r for r in (await conn.execute(text(
-            "SELECT e.model, e.cost_usd, e.pricing_id, p.input_per_mtok, p.cache_read_per_mtok,"
-            " p.cache_write_per_mtok, p.output_per_mtok FROM usage_events e"
-            " LEFT JOIN model_pricing p ON p.id = e.pricing_id WHERE e.organization_id = :o"),
-            {"o": org})).all()}
+        rows = {
+            r.model: r
+            for r in (
+                await conn.execute(
+                    text(
+                        "SELECT e.model, e.cost_usd, e.pricing_id, p.input_per_mtok, p.cache_read_per_mtok,"
+                        " p.cache_write_per_mtok, p.output_per_mtok FROM usage_events e"
+                        " LEFT JOIN model_pricing p ON p.id = e.pricing_id WHERE e.organization_id = :o"
+                    ),
+                    {"o": org},
+                )
+            ).all()
+        }
     p = rows["claude-sonnet-4-5"]
-    expected = (300_000 * p.input_per_mtok + 600_000 * p.cache_read_per_mtok
-                + 100_000 * p.cache_write_per_mtok + 100_000 * p.output_per_mtok) / 1_000_000
+    expected = (
+        300_000 * p.input_per_mtok
+        + 600_000 * p.cache_read_per_mtok
+        + 100_000 * p.cache_write_per_mtok
+        + 100_000 * p.output_per_mtok
+    ) / 1_000_000
     assert p.cost_usd == expected
     assert p.cost_usd > 0
     assert (rows["mystery-1"].cost_usd, rows["mystery-1"].pricing_id) == (Decimal(0), None)

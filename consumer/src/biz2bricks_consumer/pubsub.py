@@ -75,7 +75,7 @@ class PubSubSource:
             chunk = list(ack_ids[start : start + ACK_CHUNK])
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RETRYABLE_PUBSUB_ERRORS),
-                wait=wait_exponential_jitter(initial=0.1, max=5),
+                wait=wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.1),
                 stop=stop_after_attempt(5),
                 reraise=True,
             ):

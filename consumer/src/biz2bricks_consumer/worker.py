@@ -249,7 +249,9 @@ class Worker:
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_retryable_db_error),
             wait=wait_exponential_jitter(
-                initial=self.settings.retry_initial_s, max=self.settings.retry_max_backoff_s
+                multiplier=self.settings.retry_initial_s,
+                max=self.settings.retry_max_backoff_s,
+                jitter=self.settings.retry_initial_s,
             ),
             stop=self._give_up,
             sleep=self._sleep_unless_stopped,
