@@ -101,7 +101,8 @@ async def test_poison_messages_become_rejects_and_valid_ones_are_written(
         rows = (
             await conn.execute(
                 text(
-                    "SELECT message_id, reason, reason_code, raw_data, attributes FROM usage_event_rejects"
+                    "SELECT message_id, reason, reason_code, raw_data, attributes"
+                    " FROM usage_event_rejects"
                     " WHERE message_id = ANY(:ids) ORDER BY id"
                 ),
                 {"ids": [p.message_id for p in poison]},
@@ -129,7 +130,8 @@ async def test_events_of_an_unknown_organization_are_rejected_not_lost(
         row = (
             await conn.execute(
                 text(
-                    "SELECT organization_id, raw_data FROM usage_event_rejects WHERE message_id = :m"
+                    "SELECT organization_id, raw_data FROM usage_event_rejects"
+                    " WHERE message_id = :m"
                 ),
                 {"m": message.message_id},
             )
@@ -203,9 +205,11 @@ async def test_cost_uses_the_price_in_force_including_cached_tokens(
             for r in (
                 await conn.execute(
                     text(
-                        "SELECT e.model, e.cost_usd, e.pricing_id, p.input_per_mtok, p.cache_read_per_mtok,"
+                        "SELECT e.model, e.cost_usd, e.pricing_id, p.input_per_mtok,"
+                        " p.cache_read_per_mtok,"
                         " p.cache_write_per_mtok, p.output_per_mtok FROM usage_events e"
-                        " LEFT JOIN model_pricing p ON p.id = e.pricing_id WHERE e.organization_id = :o"
+                        " LEFT JOIN model_pricing p ON p.id = e.pricing_id"
+                        " WHERE e.organization_id = :o"
                     ),
                     {"o": org},
                 )
