@@ -128,7 +128,7 @@ def upgrade() -> None:
         "subscription_plans",
         sa.Column("name", sa.String(length=32), nullable=False),
         sa.Column("display_name", sa.String(length=100), nullable=False),
-        sa.Column("monthly_price_usd", sa.Numeric(precision=20, scale=10), nullable=False),
+        sa.Column("monthly_price_usd", sa.Numeric(precision=24, scale=12), nullable=False),
         sa.Column("token_limit", sa.BigInteger(), nullable=True),
         sa.Column("storage_limit_bytes", sa.BigInteger(), nullable=True),
         sa.Column("soft_limit", sa.Boolean(), server_default=sa.text("false"), nullable=False),
@@ -245,7 +245,7 @@ def upgrade() -> None:
         sa.Column("output_tokens", sa.BigInteger(), nullable=False),
         sa.Column("cache_read_tokens", sa.BigInteger(), nullable=False),
         sa.Column("cache_write_tokens", sa.BigInteger(), nullable=False),
-        sa.Column("cost_usd", sa.Numeric(precision=20, scale=10), nullable=False),
+        sa.Column("cost_usd", sa.Numeric(precision=24, scale=12), nullable=False),
         sa.Column(
             "updated_at",
             sa.DateTime(timezone=True),
@@ -281,7 +281,7 @@ def upgrade() -> None:
         sa.Column("cache_read_tokens", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("cache_write_tokens", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column(
-            "cost_usd", sa.Numeric(precision=20, scale=10), server_default="0", nullable=False
+            "cost_usd", sa.Numeric(precision=24, scale=12), server_default="0", nullable=False
         ),
         sa.Column("pricing_id", sa.Integer(), nullable=True),
         sa.Column("operation", sa.String(length=200), nullable=True),
@@ -292,11 +292,6 @@ def upgrade() -> None:
             ["organizations.id"],
             name=op.f("fk_usage_events_organization_id_organizations"),
             ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["pricing_id"],
-            ["model_pricing.id"],
-            name=op.f("fk_usage_events_pricing_id_model_pricing"),
         ),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_usage_events")),
     )
@@ -333,7 +328,7 @@ def upgrade() -> None:
         sa.Column("tokens_used_period", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column(
             "cost_usd_period",
-            sa.Numeric(precision=20, scale=10),
+            sa.Numeric(precision=24, scale=12),
             server_default="0",
             nullable=False,
         ),

@@ -243,3 +243,29 @@ async def test_concurrent_writers_on_shared_organizations_neither_deadlock_nor_l
     assert sum(r.inserted for r in results) == 160
     for org in orgs:
         assert await assert_counter_derivable(db, org) == sum(i + 1 + 100 for i in range(16))
+
+
+async def test_every_field_of_an_event_is_stored(db: DatabaseManager, writer: BatchWriter) -> None:
+    org = await provisioned_org(db)
+    user = uuid.uuid4()
+    event = make_event(
+        org,
+        user_id=user,
+        operation="summarize",
+        request_id="req-42",
+        metadata={"document": "a.pdf", "pages": 3},
+        cache_write_tokens=10,
+    )
+    await writer.write(build_batch([message_for(event)]))
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT * FROM usage_events WHERE event_id = :e"), {"e": event.event_id}
+            )
+        ).one()
+    assert row.user_id == user
+    assert (row.operation, row.request_id) == ("summarize", "req-42")
+    assert row.metadata == {"document": "a.pdf", "pages": 3}
+    assert row.occurred_at == event.occurred_at
+    assert (row.input_tokens, row.output_tokens, row.cache_write_tokens) == (1000, 100, 10)
+    assert row.pricing_id is not None

@@ -53,7 +53,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-Money = Numeric(20, 10)
+# 12 decimals: a single token at a 6-decimal price per million tokens is exact.
+Money = Numeric(24, 12)
 PricePerMTok = Numeric(14, 6)
 Timestamp = DateTime(timezone=True)
 
@@ -266,7 +267,9 @@ class UsageEventModel(Base):
     cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
-    pricing_id: Mapped[int | None] = mapped_column(ForeignKey("model_pricing.id"))
+    # No foreign key: model_pricing is append-only and the check would cost a third of the
+    # insert; the consumer writes only ids it read from that table.
+    pricing_id: Mapped[int | None] = mapped_column(Integer)
     operation: Mapped[str | None] = mapped_column(String(200))
     request_id: Mapped[str | None] = mapped_column(String(200))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
