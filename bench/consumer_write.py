@@ -17,10 +17,10 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from bench._common import Timer, bench_database, events, manager, provision_orgs
-from biz2bricks_core import UsageEvent
 from biz2bricks_consumer.batching import Batch
 from biz2bricks_consumer.pricing_cache import load_price_book
 from biz2bricks_consumer.writer import BatchWriter
+from biz2bricks_core import UsageEvent
 from tests.factories import message_for
 from tests.support import libpq_url
 
