@@ -35,7 +35,7 @@ def message_for(event: UsageEvent, ack_id: str | None = None) -> InboundMessage:
         message_id=uuid.uuid4().hex[:16],
         data=data,
         attributes=attributes,
-        publish_time=datetime.now(UTC),
+        publish_time_s=datetime.now(UTC).timestamp(),
     )
 
 

@@ -287,12 +287,6 @@ def upgrade() -> None:
         sa.Column("operation", sa.String(length=200), nullable=True),
         sa.Column("request_id", sa.String(length=200), nullable=True),
         sa.Column("metadata", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["organization_id"],
-            ["organizations.id"],
-            name=op.f("fk_usage_events_organization_id_organizations"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_usage_events")),
     )
     op.create_index(

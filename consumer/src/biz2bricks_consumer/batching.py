@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from biz2bricks_core.errors import InvalidEventError
 from biz2bricks_core.events import UsageEvent, decode_event
@@ -20,8 +20,15 @@ class InboundMessage:
     message_id: str
     data: bytes
     attributes: Mapping[str, str]
-    publish_time: datetime | None = None
+    publish_time_s: float | None = None  # seconds since the epoch, as Pub/Sub stamped it
     delivery_attempt: int | None = None
+
+    @property
+    def publish_time(self) -> datetime | None:
+        """When Pub/Sub accepted the message."""
+        if self.publish_time_s is None:
+            return None
+        return datetime.fromtimestamp(self.publish_time_s, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +63,7 @@ class Batch:
     rejects: list[Reject] = field(default_factory=list)
     ack_ids: list[str] = field(default_factory=list)
     duplicates_in_batch: int = 0
-    oldest_publish_time: datetime | None = None
+    oldest_publish_time_s: float | None = None
 
     def __len__(self) -> int:
         return len(self.ack_ids)
@@ -72,13 +79,13 @@ def build_batch(messages: Iterable[InboundMessage], *, now: datetime | None = No
     """Decode every message; invalid ones become rejects, repeated event_ids are dropped."""
     batch = Batch()
     seen: set[uuid.UUID] = set()
+    now = now if now is not None else datetime.now(UTC)  # once per batch, not per message
+    oldest: float | None = None
     for message in messages:
         batch.ack_ids.append(message.ack_id)
-        published = message.publish_time
-        if published is not None and (
-            batch.oldest_publish_time is None or published < batch.oldest_publish_time
-        ):
-            batch.oldest_publish_time = published
+        published = message.publish_time_s
+        if published is not None and (oldest is None or published < oldest):
+            oldest = published
         try:
             event = decode_event(message.data, message.attributes, now=now)
         except InvalidEventError as error:
@@ -90,4 +97,5 @@ def build_batch(messages: Iterable[InboundMessage], *, now: datetime | None = No
         seen.add(event.event_id)
         batch.events.append(event)
         batch.sources.append(message)
+    batch.oldest_publish_time_s = oldest
     return batch

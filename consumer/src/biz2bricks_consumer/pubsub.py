@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC
 
 from google.api_core import exceptions as gexc
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
@@ -58,8 +57,8 @@ class PubSubSource:
                     ack_id=received.ack_id,
                     message_id=message.message_id,
                     data=message.data,
-                    attributes=dict(message.attributes),
-                    publish_time=message.publish_time.ToDatetime(tzinfo=UTC),
+                    attributes=message.attributes,
+                    publish_time_s=message.publish_time.seconds + message.publish_time.nanos / 1e9,
                     delivery_attempt=received.delivery_attempt or None,
                 )
             )

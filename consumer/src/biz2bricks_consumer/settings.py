@@ -29,7 +29,13 @@ class ConsumerSettings(BaseSettings):
     pull_max_messages: int = Field(
         default=1000, ge=1, le=1000, validation_alias="CONSUMER_PULL_MAX_MESSAGES"
     )
-    pull_timeout_s: float = Field(default=5.0, gt=0, validation_alias="CONSUMER_PULL_TIMEOUT")
+    pull_concurrency: int = Field(
+        default=4, ge=1, le=16, validation_alias="CONSUMER_PULL_CONCURRENCY"
+    )
+    write_concurrency: int = Field(
+        default=2, ge=1, le=8, validation_alias="CONSUMER_WRITE_CONCURRENCY"
+    )
+    pull_timeout_s: float = Field(default=2.0, gt=0, validation_alias="CONSUMER_PULL_TIMEOUT")
     ack_deadline_s: int = Field(default=60, ge=10, le=600, validation_alias="CONSUMER_ACK_DEADLINE")
     commit_retry_max_s: float = Field(
         default=300.0, gt=0, validation_alias="CONSUMER_COMMIT_RETRY_MAX"

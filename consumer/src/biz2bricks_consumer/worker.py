@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 from sqlalchemy import text
@@ -39,7 +38,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 FAULT_EXIT_AFTER_COMMIT = "exit_after_commit"
-PREFETCH_PULLS = 4  # pulled-but-unwritten responses held at most
 
 
 class Worker:
@@ -59,7 +57,11 @@ class Worker:
         self.pricing = PricingCache(db, settings.pricing_refresh_s)
         self.writer = BatchWriter(db, self.pricing.get)
         self.leases = LeaseKeeper(self.source, settings.ack_deadline_s)
-        self._queue: asyncio.Queue[list[InboundMessage]] = asyncio.Queue(PREFETCH_PULLS)
+        # Pulled-but-unwritten messages, bounded by count: pullers wait while it is full.
+        self._queue: asyncio.Queue[list[InboundMessage]] = asyncio.Queue()
+        self._buffered = 0
+        self._buffer_max = 2 * settings.batch_max_messages
+        self._buffer_space = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._database_ok = asyncio.Event()
         self._database_ok.set()
@@ -82,29 +84,47 @@ class Worker:
     async def run(self) -> None:
         """Run until stopped; pending acks are flushed and unwritten messages released."""
         await self._retry_db(self.pricing.refresh_if_due)
-        puller = asyncio.create_task(self._pull_loop(), name="pull")
+        pullers = [
+            asyncio.create_task(self._pull_loop(), name=f"pull-{i}")
+            for i in range(self.settings.pull_concurrency)
+        ]
         keeper = asyncio.create_task(self.leases.run(), name="leases")
         try:
-            while True:
-                messages = await self._next_messages()
-                if messages is None:
-                    if self.stopping or self._idle_expired():
-                        break
-                    if not self._database_ok.is_set():
-                        await self._wait_for_database()
-                    continue
-                await self._process(messages)
+            await asyncio.gather(
+                *(self._batch_loop() for _ in range(self.settings.write_concurrency))
+            )
         finally:
             self._stopping.set()
-            puller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await puller
+            async with self._buffer_space:
+                self._buffer_space.notify_all()
+            # A pull already sent cannot be cancelled (it runs in a thread); wait for it so
+            # that what it brings back is released now instead of held until its lease lapses.
+            _, late = await asyncio.wait(pullers, timeout=self.settings.pull_timeout_s + 5)
+            for puller in late:
+                puller.cancel()
             await self._drain_acks()
             await self._release_unwritten()
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             log.info("consumer.stopped", extra=self.summary())
+
+    async def _batch_loop(self) -> None:
+        """Take pulled messages and write them as batches until stopped or idle.
+
+        Several loops may run: each batch is its own transaction, and counter rows are locked
+        in organization order, so concurrent batches wait for each other instead of deadlocking
+        while their decoding overlaps the other's commit.
+        """
+        while True:
+            messages = await self._next_messages()
+            if messages is None:
+                if self.stopping or self._idle_expired():
+                    return
+                if not self._database_ok.is_set():
+                    await self._wait_for_database()
+                continue
+            await self._process(messages)
 
     def summary(self) -> dict[str, float]:
         """Counters of this run."""
@@ -134,12 +154,21 @@ class Worker:
         messages = list(first)
         while len(messages) < self.settings.batch_max_messages and not self._queue.empty():
             messages.extend(self._queue.get_nowait())
+        async with self._buffer_space:
+            self._buffered -= len(messages)
+            self._buffer_space.notify_all()
         return messages
 
     async def _pull_loop(self) -> None:
         idle_sleep_s, error_sleep_s = 0.05, 0.5
         while not self.stopping:
             await self._database_ok.wait()  # no pulling while the database is down
+            async with self._buffer_space:
+                await self._buffer_space.wait_for(
+                    lambda: self._buffered < self._buffer_max or self.stopping
+                )
+            if self.stopping:
+                return
             try:
                 messages = await self.source.pull(self.settings.pull_max_messages)
             except RETRYABLE_PUBSUB_ERRORS as error:
@@ -152,11 +181,16 @@ class Worker:
                 await asyncio.sleep(idle_sleep_s)
                 idle_sleep_s = min(idle_sleep_s * 2, 1.0)
                 continue
+            if self.stopping:
+                with contextlib.suppress(*RETRYABLE_PUBSUB_ERRORS):
+                    await self.source.release([m.ack_id for m in messages])
+                return
             idle_sleep_s = 0.05
             self._last_activity = time.monotonic()
             self.metrics.pulled.inc(len(messages))
             self.leases.hold(m.ack_id for m in messages)
-            await self._queue.put(messages)
+            self._buffered += len(messages)
+            self._queue.put_nowait(messages)
 
     async def _process(self, messages: list[InboundMessage]) -> None:
         started = time.monotonic()
@@ -169,9 +203,8 @@ class Worker:
             return
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         self.metrics.batch_size.observe(len(batch))
-        if batch.oldest_publish_time is not None:
-            age_s = (datetime.now(UTC) - batch.oldest_publish_time).total_seconds()
-            self.metrics.oldest_message_age.set(max(age_s, 0.0))
+        if batch.oldest_publish_time_s is not None:
+            self.metrics.oldest_message_age.set(max(time.time() - batch.oldest_publish_time_s, 0))
         if self.settings.fault == FAULT_EXIT_AFTER_COMMIT:
             log.error("consumer.fault_injected", extra={"fault": FAULT_EXIT_AFTER_COMMIT})
             os._exit(86)

@@ -53,6 +53,7 @@ class DatabaseConfig(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0, validation_alias="DB_MAX_OVERFLOW")
     db_pool_timeout_s: float = Field(default=30.0, gt=0, validation_alias="DB_POOL_TIMEOUT")
     db_pool_recycle_s: int = Field(default=1800, ge=-1, validation_alias="DB_POOL_RECYCLE")
+    db_pool_pre_ping: bool = Field(default=True, validation_alias="DB_POOL_PRE_PING")
     db_echo: bool = Field(default=False, validation_alias="DB_ECHO")
 
     def __init__(self, **values: Any) -> None:

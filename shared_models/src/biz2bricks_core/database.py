@@ -64,7 +64,7 @@ class DatabaseManager:
             "max_overflow": cfg.db_max_overflow,
             "pool_timeout": cfg.db_pool_timeout_s,
             "pool_recycle": cfg.db_pool_recycle_s,
-            "pool_pre_ping": True,
+            "pool_pre_ping": cfg.db_pool_pre_ping,
             "echo": cfg.db_echo,
         }
         connector = None

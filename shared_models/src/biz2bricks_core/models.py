@@ -256,7 +256,10 @@ class UsageEventModel(Base):
     )
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    organization_id: Mapped[uuid.UUID] = _org_fk()
+    # No foreign key on this append-only fact table: the check would cost a fifth of every
+    # insert, and the consumer inserts only events of organizations it has just locked in
+    # usage_limits (which does reference organizations). Usage outlives a deleted tenant.
+    organization_id: Mapped[uuid.UUID]
     user_id: Mapped[uuid.UUID | None]
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(server_default=func.now())
