@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
@@ -43,35 +44,37 @@ DATABASE_DOWN_ERRORS: Final = (
     InterfaceError,
 )
 
-_TOKEN_CHECK = text(
+# The request-path statements run on the pooled connection's asyncpg driver directly: one
+# round trip each, without a result-processing layer (see docs/benchmarks.md for why).
+_TOKEN_CHECK = (
     "SELECT token_limit, credits_tokens, tokens_used_period, soft_limit, period_end,"
-    " counters_updated_at, now() AS now FROM usage_limits WHERE organization_id = :org"
+    " counters_updated_at, now() AS now FROM usage_limits WHERE organization_id = $1"
 )
-_RESERVE = text(
+_RESERVE = (
     "WITH changed AS ("
-    " UPDATE usage_limits SET storage_used_bytes = storage_used_bytes + :n, updated_at = now()"
-    " WHERE organization_id = :org AND (storage_limit_bytes IS NULL"
-    "   OR storage_used_bytes + :n <= storage_limit_bytes)"
+    " UPDATE usage_limits SET storage_used_bytes = storage_used_bytes + $2, updated_at = now()"
+    " WHERE organization_id = $1 AND (storage_limit_bytes IS NULL"
+    "   OR storage_used_bytes + $2 <= storage_limit_bytes)"
     " RETURNING organization_id, storage_used_bytes, storage_limit_bytes),"
     " audit AS (INSERT INTO audit_logs (organization_id, user_id, action, entity_type, details)"
-    "   SELECT organization_id, :actor, 'storage.reserve', 'usage_limits',"
-    "   jsonb_build_object('bytes', CAST(:n AS bigint), 'used_after', storage_used_bytes)"
+    "   SELECT organization_id, $3, 'storage.reserve', 'usage_limits',"
+    "   jsonb_build_object('bytes', $2::bigint, 'used_after', storage_used_bytes)"
     "   FROM changed)"
     " SELECT storage_used_bytes, storage_limit_bytes FROM changed"
 )
-_RELEASE = text(
+_RELEASE = (
     "WITH changed AS ("
-    " UPDATE usage_limits SET storage_used_bytes = greatest(storage_used_bytes - :n, 0),"
-    "   updated_at = now() WHERE organization_id = :org"
+    " UPDATE usage_limits SET storage_used_bytes = greatest(storage_used_bytes - $2, 0),"
+    "   updated_at = now() WHERE organization_id = $1"
     " RETURNING organization_id, storage_used_bytes),"
     " audit AS (INSERT INTO audit_logs (organization_id, user_id, action, entity_type, details)"
-    "   SELECT organization_id, :actor, 'storage.release', 'usage_limits',"
-    "   jsonb_build_object('bytes', CAST(:n AS bigint), 'used_after', storage_used_bytes)"
+    "   SELECT organization_id, $3, 'storage.release', 'usage_limits',"
+    "   jsonb_build_object('bytes', $2::bigint, 'used_after', storage_used_bytes)"
     "   FROM changed)"
     " SELECT storage_used_bytes FROM changed"
 )
-_STORAGE_STATE = text(
-    "SELECT storage_used_bytes, storage_limit_bytes FROM usage_limits WHERE organization_id = :org"
+_STORAGE_STATE = (
+    "SELECT storage_used_bytes, storage_limit_bytes FROM usage_limits WHERE organization_id = $1"
 )
 
 
@@ -153,23 +156,26 @@ class UsageService:
             raise InvalidArgumentError(f"estimated_tokens: must be >= 0, got {estimated_tokens!r}")
         try:
             async with self.db.engine.connect() as conn:
-                row = (await conn.execute(_TOKEN_CHECK, {"org": org})).first()
+                driver = await _driver(conn)
+                row = await driver.fetchrow(_TOKEN_CHECK, org)
         except DATABASE_DOWN_ERRORS as error:
             return self._database_down("token", self.settings.token_check_fail_open, org, error)
         if row is None:
             raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
-        return token_decision(row._mapping, estimated_tokens)
+        return token_decision(row, estimated_tokens)
 
     async def reserve_storage(
         self, organization_id: uuid.UUID | str, n_bytes: int, *, actor: uuid.UUID | None = None
     ) -> LimitDecision:
         """Add ``n_bytes`` to the organization's storage if it stays within the limit."""
         org, n = as_org_id(organization_id), _as_size(n_bytes)
+        state = None
         try:
-            async with self.db.engine.begin() as conn:
-                row = (await conn.execute(_RESERVE, {"org": org, "n": n, "actor": actor})).first()
+            async with self.db.engine.connect() as conn:
+                driver = await _driver(conn)
+                row = await driver.fetchrow(_RESERVE, org, n, actor)
                 if row is None:
-                    state = (await conn.execute(_STORAGE_STATE, {"org": org})).first()
+                    state = await driver.fetchrow(_STORAGE_STATE, org)
         except DATABASE_DOWN_ERRORS as error:
             return self._database_down("storage", self.settings.storage_fail_open, org, error)
         if row is not None:
@@ -185,8 +191,8 @@ class UsageService:
     ) -> None:
         """Subtract ``n_bytes`` from the organization's storage, never below zero."""
         org, n = as_org_id(organization_id), _as_size(n_bytes)
-        async with self.db.engine.begin() as conn:
-            row = (await conn.execute(_RELEASE, {"org": org, "n": n, "actor": actor})).first()
+        async with self.db.engine.connect() as conn:
+            row = await (await _driver(conn)).fetchrow(_RELEASE, org, n, actor)
         if row is None:
             raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
 
@@ -284,6 +290,12 @@ class UsageService:
             storage_limit_bytes=m["storage_limit_bytes"],
             counters_updated_at=m["counters_updated_at"],
         )
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a pooled SQLAlchemy connection (statements autocommit)."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
 
 
 def token_decision(row: Any, estimated_tokens: int) -> LimitDecision:
