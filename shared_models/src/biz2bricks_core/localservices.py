@@ -135,11 +135,13 @@ def _emulator_jar() -> Path | None:
     return None
 
 
-def start_pubsub_emulator(project: str = "biz2bricks-local") -> LocalService:
+def start_pubsub_emulator(
+    project: str = "biz2bricks-local", port: int | None = None
+) -> LocalService:
     """A Pub/Sub emulator: PUBSUB_EMULATOR_HOST, testcontainers, or the installed SDK's jar."""
-    if os.environ.get("PUBSUB_EMULATOR_HOST"):
+    if port is None and os.environ.get("PUBSUB_EMULATOR_HOST"):
         return LocalService(os.environ["PUBSUB_EMULATOR_HOST"], "$PUBSUB_EMULATOR_HOST")
-    if docker_available():
+    if port is None and docker_available():
         from testcontainers.google import PubSubContainer
 
         container = PubSubContainer(project=project).start()
@@ -150,7 +152,7 @@ def start_pubsub_emulator(project: str = "biz2bricks-local") -> LocalService:
     if jar is None or java is None:
         missing = "the Pub/Sub emulator jar" if jar is None else "java"
         raise ServiceUnavailableError(f"Pub/Sub emulator: {missing} not found; {PUBSUB_HINT}")
-    port = find_free_port()
+    port = port or find_free_port()
     log_path = Path(tempfile.mkstemp(prefix="b2b-pubsub-", suffix=".log")[1])
     args = [java, "-jar", str(jar), "--host=127.0.0.1", f"--port={port}"]
     with log_path.open("wb") as log:

@@ -1,0 +1,46 @@
+"""The producer's counters: plain integers in-process, exported to Prometheus on request."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class ProducerMetrics:
+    """What happened to the events handed to ``record_tokens``."""
+
+    accepted: int = 0  # valid events taken in
+    published: int = 0  # confirmed by Pub/Sub on the first try
+    spooled: int = 0  # written to the local spool (outage or in-flight cap)
+    replayed: int = 0  # published later from the spool
+    dropped: int = 0  # lost to the spool size cap or a full spool queue (logged)
+    rejected: int = 0  # invalid arguments, never accepted
+    corrupt_spool_lines: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Add to a counter (thread-safe)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a dict."""
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+
+    def register_prometheus(self, registry: Any = None, prefix: str = "usage_producer") -> None:
+        """Expose the counters through prometheus-client (optional dependency)."""
+        from prometheus_client import REGISTRY
+        from prometheus_client.core import CounterMetricFamily
+
+        metrics = self
+
+        class _Collector:
+            def collect(self) -> Iterator[CounterMetricFamily]:
+                for name, value in metrics.snapshot().items():
+                    yield CounterMetricFamily(f"{prefix}_{name}", f"Usage events {name}", value)
+
+        (registry or REGISTRY).register(_Collector())

@@ -1,0 +1,155 @@
+"""A local, append-only spool of messages that could not be published yet.
+
+Layout: ``<spool_dir>/slot-N/`` holds one producer's segments (``NNNNNNNN.spool``), each line a
+JSON object ``{"d": base64 body, "a": attributes}``. A producer owns its slot through an
+exclusive ``flock`` on ``slot-N/.lock``; a restarted producer takes the first free slot and so
+finds what an earlier, crashed one left there. A segment is deleted only after every message in
+it was published; a torn last line (crash mid-write) is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+Message = tuple[bytes, dict[str, str]]
+
+
+def encode_line(data: bytes, attributes: dict[str, str]) -> bytes:
+    """One spool line for a message."""
+    return json.dumps({"d": base64.b64encode(data).decode(), "a": attributes}).encode() + b"\n"
+
+
+def decode_line(line: bytes) -> Message | None:
+    """A message from a spool line, or None for a torn or corrupt line."""
+    try:
+        entry = json.loads(line)
+        return base64.b64decode(entry["d"], validate=True), dict(entry["a"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Spool:
+    """Segments of one slot; thread-safe append, rotation, and replay by whole segments."""
+
+    def __init__(self, root: Path, max_bytes: int, segment_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True)
+        self.dir, self._lock_file = self._claim_slot(root)
+        self._active: IO[bytes] | None = None
+        self._active_path: Path | None = None
+        self._active_size = 0
+        self._size = sum(p.stat().st_size for p in self._segments())
+        self._next_seq = max((int(p.stem) for p in self._segments()), default=0) + 1
+
+    @staticmethod
+    def _claim_slot(root: Path) -> tuple[Path, IO[bytes]]:
+        for n in range(1024):
+            slot = root / f"slot-{n}"
+            slot.mkdir(exist_ok=True)
+            handle = (slot / ".lock").open("ab")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            return slot, handle
+        raise RuntimeError(f"no free spool slot under {root}")
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.dir.glob("*.spool"))
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk in this slot."""
+        return self._size
+
+    def is_empty(self) -> bool:
+        """True when nothing waits to be replayed."""
+        with self._lock:
+            return self._size == 0
+
+    def append(self, lines: list[bytes]) -> tuple[int, int]:
+        """Append encoded lines and fsync; returns (written, dropped by the size cap).
+
+        Past the cap the newest lines are dropped, so the oldest spooled usage is kept.
+        """
+        written = dropped = 0
+        with self._lock:
+            for line in lines:
+                if self._size + len(line) > self._max_bytes:
+                    dropped += 1
+                    continue
+                if self._active is None or self._active_size >= self._segment_bytes:
+                    self._rotate()
+                assert self._active is not None
+                self._active.write(line)
+                self._active_size += len(line)
+                self._size += len(line)
+                written += 1
+            if self._active is not None:
+                self._active.flush()
+                os.fsync(self._active.fileno())
+        return written, dropped
+
+    def _rotate(self) -> None:
+        if self._active is not None:
+            self._active.close()
+        self._active_path = self.dir / f"{self._next_seq:08d}.spool"
+        self._next_seq += 1
+        self._active = self._active_path.open("ab")
+        self._active_size = 0
+
+    def seal(self) -> None:
+        """Close the active segment so that it can be replayed."""
+        with self._lock:
+            if self._active is not None:
+                self._active.close()
+                self._active = None
+                self._active_path = None
+
+    def sealed_segments(self) -> Iterator[Path]:
+        """Segments no longer written to, oldest first."""
+        with self._lock:
+            active = self._active_path
+            segments = [p for p in self._segments() if p != active]
+        yield from segments
+
+    @staticmethod
+    def read(segment: Path) -> tuple[list[Message], int]:
+        """The messages of a segment and the number of unreadable lines."""
+        messages: list[Message] = []
+        corrupt = 0
+        with segment.open("rb") as handle:
+            for line in handle:
+                message = decode_line(line)
+                if message is None:
+                    corrupt += 1
+                else:
+                    messages.append(message)
+        return messages, corrupt
+
+    def remove(self, segment: Path) -> None:
+        """Delete a segment whose messages were all published."""
+        with self._lock, contextlib.suppress(FileNotFoundError):
+            self._size -= segment.stat().st_size
+            segment.unlink()
+
+    def close(self) -> None:
+        """Close files and give up the slot."""
+        self.seal()
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
