@@ -1,1 +1,19 @@
-"""placeholder"""
+"""biz2bricks-rollup: daily usage summaries and counter reconciliation."""
+
+from __future__ import annotations
+
+from biz2bricks_rollup.reconcile import Drift, find_drift, repair
+from biz2bricks_rollup.rollup import DayResult, RollupBusyError, rollup_day, run_rollup
+from biz2bricks_rollup.server import RollupServer, ServeSettings
+
+__all__ = [
+    "DayResult",
+    "Drift",
+    "RollupBusyError",
+    "RollupServer",
+    "ServeSettings",
+    "find_drift",
+    "repair",
+    "rollup_day",
+    "run_rollup",
+]

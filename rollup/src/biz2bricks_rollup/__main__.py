@@ -1,0 +1,130 @@
+"""``biz2bricks-rollup``: run the daily rollup, reconcile counters, or serve the trigger."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import date
+
+from biz2bricks_core.config import DatabaseConfig
+from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.errors import ConfigurationError, DatabaseUnavailableError
+from biz2bricks_core.logs import configure_logging
+from biz2bricks_rollup.reconcile import find_drift, repair
+from biz2bricks_rollup.rollup import DayResult, RollupBusyError, days_between, run_rollup
+from biz2bricks_rollup.server import RollupServer, ServeSettings
+
+log = logging.getLogger("biz2bricks_rollup")
+
+EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="biz2bricks-rollup", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="rebuild daily summaries (default: the due days)")
+    run.add_argument("--date", type=date.fromisoformat, help="one UTC day, YYYY-MM-DD")
+    run.add_argument("--from", dest="first", type=date.fromisoformat, help="first day")
+    run.add_argument("--to", dest="last", type=date.fromisoformat, help="last day (inclusive)")
+    run.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a rollup already running instead of exiting with code 3",
+    )
+    reconcile = commands.add_parser("reconcile", help="compare counters with events and documents")
+    reconcile.add_argument("--fix", action="store_true", help="repair the counters that differ")
+    serve = commands.add_parser("serve", help="HTTP trigger for Cloud Scheduler (POST /)")
+    serve.add_argument("--port", type=int, help="default $PORT or 8080")
+    return parser
+
+
+def _days(args: argparse.Namespace) -> list[date] | None:
+    if args.date and (args.first or args.last):
+        raise ValueError("use --date, or --from with --to, not both")
+    if args.date:
+        return [args.date]
+    if args.first or args.last:
+        if not (args.first and args.last):
+            raise ValueError("--from and --to go together")
+        return days_between(args.first, args.last)
+    return None
+
+
+def _progress(result: DayResult, done: int, total: int) -> None:
+    if sys.stdout.isatty():
+        print(
+            f"[{done}/{total}] {result.day}: {result.groups:,} groups, {result.written:,} "
+            f"written, {result.removed:,} removed in {result.seconds:.2f}s",
+            flush=True,
+        )
+
+
+async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
+    try:
+        await db.check()
+        if args.command == "run":
+            results = await run_rollup(db, _days(args), wait=args.wait, progress=_progress)
+            summary = {"days": [r.as_dict() for r in results]}
+            if not sys.stdout.isatty():
+                print(json.dumps(summary))
+            else:
+                print(
+                    f"rolled up {len(results)} day(s), "
+                    f"{sum(r.written for r in results):,} rows written"
+                )
+            return EXIT_OK
+        if args.command == "reconcile":
+            drifts = await find_drift(db)
+            for drift in drifts:
+                print(drift.describe())
+            if args.fix and drifts:
+                fixed = await repair(db, drifts)
+                print(f"repaired {len(fixed)} organization(s)")
+            if not drifts:
+                print("no drift: every counter equals its events and documents")
+            return EXIT_DRIFT if drifts else EXIT_OK
+        return await _serve(db, args)
+    except RollupBusyError as error:
+        print(f"biz2bricks-rollup: {error}", file=sys.stderr)
+        return EXIT_BUSY
+    except (DatabaseUnavailableError, ConfigurationError, ValueError) as error:
+        print(f"biz2bricks-rollup: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        await db.dispose()
+
+
+async def _serve(db: DatabaseManager, args: argparse.Namespace) -> int:
+    settings = ServeSettings(**({"port": args.port} if args.port is not None else {}))
+    server = RollupServer(db, settings)
+    await server.start()
+    log.info("rollup.serving", extra={"port": server.port, "auth": settings.auth})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.close()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        db = DatabaseManager(DatabaseConfig())
+    except ConfigurationError as error:
+        print(f"biz2bricks-rollup: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_run(db, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

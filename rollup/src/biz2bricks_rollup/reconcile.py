@@ -1,0 +1,143 @@
+"""Reconcile: recompute each organization's counters from the facts and repair drift.
+
+Tokens and cost come from ``usage_events`` in the organization's current period; storage from
+its live documents. Repairs lock the rows they fix (organization order, as the consumer does),
+recompute under the lock and write in the same transaction, so they cannot race the consumer.
+Caveat: a storage reservation whose document row is not yet written (an upload in progress)
+looks like drift; run ``--fix`` when uploads are quiet, or accept that it re-reserves on commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import text
+
+from biz2bricks_core.database import DatabaseManager
+
+EXPECTED = """
+SELECT l.organization_id,
+    l.tokens_used_period, coalesce(e.tokens, 0) AS expected_tokens,
+    l.cost_usd_period, coalesce(e.cost, 0) AS expected_cost,
+    l.storage_used_bytes, coalesce(d.bytes, 0) AS expected_storage
+FROM usage_limits l
+LEFT JOIN LATERAL (
+    SELECT sum(input_tokens + output_tokens) AS tokens, sum(cost_usd) AS cost
+    FROM usage_events ev WHERE ev.organization_id = l.organization_id
+        AND ev.occurred_at >= l.period_start AND ev.occurred_at < l.period_end) e ON true
+LEFT JOIN LATERAL (
+    SELECT sum(size_bytes) AS bytes FROM documents doc
+    WHERE doc.organization_id = l.organization_id AND doc.deleted_at IS NULL) d ON true
+WHERE {where}
+ORDER BY l.organization_id
+"""
+DRIFTED = (
+    "l.tokens_used_period <> coalesce(e.tokens, 0) OR l.cost_usd_period <> coalesce(e.cost, 0)"
+    " OR l.storage_used_bytes <> coalesce(d.bytes, 0)"
+)
+FIND = text(EXPECTED.format(where=DRIFTED))
+RECHECK = text(EXPECTED.format(where="l.organization_id = ANY(:orgs) AND (" + DRIFTED + ")"))
+LOCK = text(
+    "SELECT organization_id FROM usage_limits WHERE organization_id = ANY(:orgs)"
+    " ORDER BY organization_id FOR UPDATE"
+)
+REPAIR = text(
+    "UPDATE usage_limits SET tokens_used_period = :tokens, cost_usd_period = :cost,"
+    " storage_used_bytes = :storage, updated_at = now() WHERE organization_id = :org"
+)
+AUDIT = text(
+    "INSERT INTO audit_logs (organization_id, action, entity_type, entity_id, details)"
+    " VALUES (:org, 'usage.reconcile', 'usage_limits', :entity, CAST(:details AS jsonb))"
+)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One organization whose counters differ from the facts."""
+
+    organization_id: uuid.UUID
+    tokens: int
+    expected_tokens: int
+    cost: Decimal
+    expected_cost: Decimal
+    storage: int
+    expected_storage: int
+
+    def describe(self) -> str:
+        """One line: what differs and by how much."""
+        parts = []
+        if self.tokens != self.expected_tokens:
+            parts.append(
+                f"tokens {self.tokens} vs {self.expected_tokens} "
+                f"({self.tokens - self.expected_tokens:+d})"
+            )
+        if self.cost != self.expected_cost:
+            parts.append(f"cost {self.cost} vs {self.expected_cost}")
+        if self.storage != self.expected_storage:
+            parts.append(
+                f"storage {self.storage} vs {self.expected_storage} "
+                f"({self.storage - self.expected_storage:+d} bytes)"
+            )
+        return f"{self.organization_id}: " + "; ".join(parts)
+
+
+def _drift(row: object) -> Drift:
+    r = row._mapping  # type: ignore[attr-defined]
+    return Drift(
+        r["organization_id"],
+        int(r["tokens_used_period"]),
+        int(r["expected_tokens"]),
+        r["cost_usd_period"],
+        r["expected_cost"],
+        int(r["storage_used_bytes"]),
+        int(r["expected_storage"]),
+    )
+
+
+async def find_drift(db: DatabaseManager) -> list[Drift]:
+    """Every organization whose counters differ from its events and documents."""
+    async with db.engine.connect() as conn:
+        return [_drift(row) for row in await conn.execute(FIND)]
+
+
+async def repair(db: DatabaseManager, drifts: list[Drift]) -> list[Drift]:
+    """Lock the drifted rows, recompute under the lock, and write the true values."""
+    if not drifts:
+        return []
+    orgs = sorted(d.organization_id for d in drifts)
+    async with db.engine.begin() as conn:
+        await conn.execute(LOCK, {"orgs": orgs})
+        fixed = [_drift(row) for row in await conn.execute(RECHECK, {"orgs": orgs})]
+        for d in fixed:
+            await conn.execute(
+                REPAIR,
+                {
+                    "org": d.organization_id,
+                    "tokens": d.expected_tokens,
+                    "cost": d.expected_cost,
+                    "storage": d.expected_storage,
+                },
+            )
+            await conn.execute(
+                AUDIT,
+                {
+                    "org": d.organization_id,
+                    "entity": str(d.organization_id),
+                    "details": _details(d),
+                },
+            )
+    return fixed
+
+
+def _details(d: Drift) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "tokens": [d.tokens, d.expected_tokens],
+            "cost": [str(d.cost), str(d.expected_cost)],
+            "storage": [d.storage, d.expected_storage],
+        }
+    )

@@ -1,0 +1,194 @@
+"""Daily summaries: one set-based statement per UTC day, run under an advisory lock.
+
+A day's rows are rebuilt from ``usage_events`` with INSERT .. SELECT .. GROUP BY .. ON CONFLICT
+DO UPDATE (rows whose figures did not change are not rewritten), and summary rows whose group
+has no events any more are deleted, in the same statement and transaction. ``usage_rollup_days``
+remembers each day's last run; events received after it make the day due again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.errors import Biz2BricksError
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x62327262_726F6C6C  # "b2rb" "roll": the rollup's advisory lock
+# Events committed by a transaction that began before a run may carry a received_at just
+# before the run's start; a day stays due for events received up to this long before its run.
+LATE_MARGIN = timedelta(minutes=5)
+
+ROLLUP_DAY = text(
+    """
+WITH agg AS (
+    SELECT organization_id, provider, model, count(*) AS request_count,
+        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+        sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
+        sum(cost_usd) AS cost_usd
+    FROM usage_events
+    WHERE occurred_at >= :start AND occurred_at < :end
+    GROUP BY organization_id, provider, model
+),
+written AS (
+    INSERT INTO usage_daily_summaries AS s (organization_id, day, provider, model,
+        request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+        cost_usd, updated_at)
+    SELECT organization_id, :day, provider, model, request_count, input_tokens, output_tokens,
+        cache_read_tokens, cache_write_tokens, cost_usd, now()
+    FROM agg
+    ON CONFLICT (organization_id, day, provider, model) DO UPDATE SET
+        request_count = excluded.request_count, input_tokens = excluded.input_tokens,
+        output_tokens = excluded.output_tokens, cache_read_tokens = excluded.cache_read_tokens,
+        cache_write_tokens = excluded.cache_write_tokens, cost_usd = excluded.cost_usd,
+        updated_at = now()
+    WHERE (s.request_count, s.input_tokens, s.output_tokens, s.cache_read_tokens,
+           s.cache_write_tokens, s.cost_usd)
+        IS DISTINCT FROM (excluded.request_count, excluded.input_tokens, excluded.output_tokens,
+           excluded.cache_read_tokens, excluded.cache_write_tokens, excluded.cost_usd)
+    RETURNING 1
+),
+removed AS (
+    DELETE FROM usage_daily_summaries s
+    WHERE s.day = :day AND NOT EXISTS (
+        SELECT 1 FROM agg a WHERE a.organization_id = s.organization_id
+            AND a.provider = s.provider AND a.model = s.model)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM agg) AS groups, (SELECT count(*) FROM written) AS written,
+    (SELECT count(*) FROM removed) AS removed
+"""
+)
+
+MARK_DAY = text(
+    "INSERT INTO usage_rollup_days (day, rolled_up_at, watermark, rows_written)"
+    " VALUES (:day, now(), now() - make_interval(secs => :margin_s), :rows)"
+    " ON CONFLICT (day) DO UPDATE SET rolled_up_at = excluded.rolled_up_at,"
+    " watermark = excluded.watermark, rows_written = excluded.rows_written"
+)
+
+DUE_DAYS = text(
+    """
+SELECT d.day FROM (
+    SELECT CAST(timezone('UTC', occurred_at) AS date) AS day, max(received_at) AS last_received
+    FROM usage_events
+    WHERE received_at > coalesce((SELECT max(watermark) FROM usage_rollup_days), '-infinity')
+    GROUP BY 1
+) d
+LEFT JOIN usage_rollup_days r USING (day)
+WHERE d.day < CAST(timezone('UTC', now()) AS date)
+    AND (r.day IS NULL OR d.last_received > r.watermark)
+ORDER BY d.day
+"""
+)
+
+
+class RollupBusyError(Biz2BricksError):
+    """Another rollup holds the advisory lock (run with --wait to queue behind it)."""
+
+
+@dataclass(frozen=True)
+class DayResult:
+    """What the rollup of one day did."""
+
+    day: date
+    groups: int
+    written: int
+    removed: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        values = asdict(self)
+        values["day"] = self.day.isoformat()
+        values["seconds"] = round(self.seconds, 3)
+        return values
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """``[start, end)`` of a UTC day."""
+    start = datetime.combine(day, dtime.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def days_between(first: date, last: date) -> list[date]:
+    """Every day from ``first`` to ``last`` inclusive."""
+    if last < first:
+        raise ValueError(f"--to {last} is before --from {first}")
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+@asynccontextmanager
+async def rollup_lock(db: DatabaseManager, *, wait: bool) -> AsyncIterator[AsyncConnection]:
+    """Hold the rollup's advisory lock for the whole run, on a connection of its own."""
+    async with db.engine.connect() as conn:
+        if wait:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+        else:
+            got = (
+                await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY})
+            ).scalar_one()
+            if not got:
+                raise RollupBusyError(
+                    "another rollup is running (advisory lock held); rerun later or use --wait"
+                )
+        await conn.commit()
+        try:
+            yield conn
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            await conn.commit()
+
+
+async def rollup_day(conn: AsyncConnection, day: date) -> DayResult:
+    """Rebuild one day's summaries and record the run, in one transaction."""
+    started = time.perf_counter()
+    start, end = day_bounds(day)
+    async with conn.begin():
+        row = (await conn.execute(ROLLUP_DAY, {"start": start, "end": end, "day": day})).one()
+        await conn.execute(
+            MARK_DAY, {"day": day, "margin_s": LATE_MARGIN.total_seconds(), "rows": row.groups}
+        )
+    return DayResult(day, row.groups, row.written, row.removed, time.perf_counter() - started)
+
+
+async def due_days(conn: AsyncConnection) -> list[date]:
+    """Yesterday, plus every earlier day that received events since its last rollup."""
+    async with conn.begin():
+        found = list((await conn.execute(DUE_DAYS)).scalars())
+        today = (
+            await conn.execute(text("SELECT CAST(timezone('UTC', now()) AS date)"))
+        ).scalar_one()
+    yesterday = today - timedelta(days=1)
+    return sorted(set(found) | {yesterday})
+
+
+async def run_rollup(
+    db: DatabaseManager,
+    days: Iterable[date] | None = None,
+    *,
+    wait: bool = False,
+    progress: Any = None,
+) -> list[DayResult]:
+    """Roll up ``days`` (or the due days) under the advisory lock; one transaction per day."""
+    results = []
+    async with rollup_lock(db, wait=wait) as conn:
+        todo = list(days) if days is not None else await due_days(conn)
+        for day in todo:
+            result = await rollup_day(conn, day)
+            results.append(result)
+            log.info("rollup.day_done", extra=result.as_dict())
+            if progress is not None:
+                progress(result, len(results), len(todo))
+    return results
