@@ -56,7 +56,8 @@ async def summaries(db: DatabaseManager, orgs: list[uuid.UUID], day: date) -> se
     async with db.engine.connect() as conn:
         rows = await conn.execute(
             text(
-                "SELECT organization_id, provider, model, request_count, input_tokens, output_tokens,"
+                "SELECT organization_id, provider, model, request_count, input_tokens,"
+                " output_tokens,"
                 " cache_read_tokens, cache_write_tokens, cost_usd FROM usage_daily_summaries"
                 " WHERE day = :d AND organization_id = ANY(:o)"
             ),
@@ -71,7 +72,8 @@ async def group_by(db: DatabaseManager, orgs: list[uuid.UUID], day: date) -> set
         rows = await conn.execute(
             text(
                 "SELECT organization_id, provider, model, count(*), sum(input_tokens),"
-                " sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens), sum(cost_usd)"
+                " sum(output_tokens), sum(cache_read_tokens), sum(cache_write_tokens),"
+                " sum(cost_usd)"
                 " FROM usage_events WHERE occurred_at >= :s AND occurred_at < :e"
                 " AND organization_id = ANY(:o) GROUP BY 1, 2, 3"
             ),
