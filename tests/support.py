@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
-from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL, make_url
 
+from biz2bricks_core import localservices
 from biz2bricks_core.config import to_asyncpg_url
 from biz2bricks_core.localservices import ServiceUnavailableError
 
@@ -41,26 +39,14 @@ def libpq_url(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _admin(server_url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(libpq_url(with_database(server_url, "postgres")))
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 def create_database(server_url: str, prefix: str = "b2b_test") -> str:
     """Create an empty database with a unique name on the server; return its asyncpg URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
-    return with_database(server_url, name).render_as_string(hide_password=False)
+    return localservices.create_database(server_url, prefix)
 
 
 def drop_database(url: str) -> None:
-    """Drop a database made by create_database, closing its other connections first."""
-    name = make_url(url).database
-    asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    """Drop a database made by create_database."""
+    localservices.drop_database(url)
 
 
 def alembic_config(url: str) -> Config:
@@ -74,11 +60,7 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str, revision: str = "head", *, down: bool = False) -> None:
     """Run Alembic upgrade (or downgrade) against ``url``, through the project's env.py."""
-    config = alembic_config(url)
-    if down:
-        command.downgrade(config, revision)
-    else:
-        command.upgrade(config, revision)
+    localservices.migrate(url, ROOT / "alembic.ini", revision, down=down)
 
 
 def unique_name(prefix: str) -> str:

@@ -21,8 +21,11 @@ from pathlib import Path
 __all__ = [
     "LocalService",
     "ServiceUnavailableError",
+    "create_database",
     "docker_available",
+    "drop_database",
     "find_free_port",
+    "migrate",
     "start_postgres",
     "start_pubsub_emulator",
     "wait_for_port",
@@ -177,3 +180,70 @@ def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _admin_url(url: str, database: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from biz2bricks_core.config import to_asyncpg_url
+
+    return (
+        make_url(to_asyncpg_url(url))
+        .set(drivername="postgresql", database=database)
+        .render_as_string(hide_password=False)
+    )
+
+
+def _admin(url: str, statement: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(_admin_url(url, "postgres"))
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def create_database(server_url: str, prefix: str = "b2b") -> str:
+    """Create an empty database with a unique name on the server; return its asyncpg URL."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from biz2bricks_core.config import to_asyncpg_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    _admin(server_url, f'CREATE DATABASE "{name}"')
+    return (
+        make_url(to_asyncpg_url(server_url))
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
+
+
+def drop_database(url: str) -> None:
+    """Drop a database made by create_database, closing its other connections first."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def migrate(url: str, alembic_ini: Path, revision: str = "head", *, down: bool = False) -> None:
+    """Alembic upgrade (or downgrade) of ``url`` through the repository's migrations."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(alembic_ini))
+    config.set_main_option("script_location", str(alembic_ini.parent / "migrations"))
+    config.attributes["configure_logger"] = False
+    config.attributes["database_url"] = url
+    if down:
+        command.downgrade(config, revision)
+    else:
+        command.upgrade(config, revision)
