@@ -231,7 +231,10 @@ async def test_health_readiness_and_metrics_endpoints(
             pass
 
     health = HealthServer(
-        worker.metrics, {"database": worker._probe, "pubsub": worker.source.check}, "127.0.0.1", 0
+        worker.metrics,
+        {"database": worker.check_database, "pubsub": worker.source.check},
+        "127.0.0.1",
+        0,
     )
     await health.start()
     base = f"http://127.0.0.1:{health.port}"

@@ -311,3 +311,21 @@ def test_importing_the_producer_does_not_import_the_database_layer() -> None:
         "bad = [m for m in ('sqlalchemy', 'asyncpg') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_counters_are_exported_to_prometheus(producer_settings: ProducerSettings) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    with UsageProducer(producer_settings) as producer:
+        producer.metrics.register_prometheus(registry)
+        producer.record_tokens(
+            organization_id=uuid.uuid4(),
+            provider="openai",
+            model="gpt-4o",
+            input_tokens=-1,
+            output_tokens=1,
+        )
+        text = generate_latest(registry).decode()
+    assert "usage_producer_rejected_total 1.0" in text
+    assert "usage_producer_accepted_total 0.0" in text

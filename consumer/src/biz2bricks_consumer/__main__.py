@@ -79,7 +79,7 @@ async def run_worker(settings: ConsumerSettings, db: DatabaseManager) -> int:
     worker = Worker(settings, db, source)
     health = HealthServer(
         worker.metrics,
-        {"database": worker._probe, "pubsub": source.check},
+        {"database": worker.check_database, "pubsub": source.check},
         settings.health_host,
         settings.health_port,
     )

@@ -214,9 +214,10 @@ class Worker:
     async def _wait_for_database(self) -> None:
         """After an abandoned batch: probe until the database answers, then resume pulling."""
         with contextlib.suppress(BatchAbandoned):
-            await self._retry_db(self._probe)
+            await self._retry_db(self.check_database)
 
-    async def _probe(self) -> None:
+    async def check_database(self) -> None:
+        """Raise unless the database answers `SELECT 1` (readiness, and probing after outages)."""
         async with self.db.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
