@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from google.api_core import exceptions as gexc
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     if args.exit_when_idle is not None:
         overrides["exit_when_idle_s"] = args.exit_when_idle
     if args.health_port is not None:

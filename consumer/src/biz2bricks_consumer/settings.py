@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from biz2bricks_core.config import describe_validation_error
-from biz2bricks_core.errors import ConfigurationError
+from biz2bricks_core.config import Settings
 
 
-class ConsumerSettings(BaseSettings):
+class ConsumerSettings(Settings):
     """Where to pull from and how: batch size, leases, retries, shutdown, health port."""
 
     model_config = SettingsConfigDict(
@@ -53,12 +50,6 @@ class ConsumerSettings(BaseSettings):
     exit_when_idle_s: float | None = Field(default=None, validation_alias="CONSUMER_EXIT_WHEN_IDLE")
     # Test hook: "exit_after_commit" kills the process between commit and ack.
     fault: str | None = Field(default=None, validation_alias="CONSUMER_FAULT")
-
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as error:
-            raise ConfigurationError(describe_validation_error(error)) from None
 
     @model_validator(mode="after")
     def _need_project(self) -> ConsumerSettings:

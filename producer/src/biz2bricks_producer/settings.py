@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
 
-from biz2bricks_core.config import describe_validation_error
+from biz2bricks_core.config import Settings
 from biz2bricks_core.errors import ConfigurationError
 
 
@@ -16,7 +16,7 @@ def _default_spool_dir() -> Path:
     return Path.home() / ".cache" / "biz2bricks" / "usage-spool"
 
 
-class ProducerSettings(BaseSettings):
+class ProducerSettings(Settings):
     """Where to publish, how much to hold in memory, and where to spool during an outage."""
 
     model_config = SettingsConfigDict(
@@ -55,10 +55,7 @@ class ProducerSettings(BaseSettings):
     strict: bool = Field(default=False, validation_alias="USAGE_PRODUCER_STRICT")
 
     def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as error:
-            raise ConfigurationError(describe_validation_error(error)) from None
+        super().__init__(**values)
         if not self.project_id:
             raise ConfigurationError(
                 "invalid configuration: PUBSUB_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) must name "

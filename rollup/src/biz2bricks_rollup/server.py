@@ -14,8 +14,9 @@ import logging
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.httpserver import HttpRequest, HttpResponse, HttpServer
@@ -24,7 +25,7 @@ from biz2bricks_rollup.rollup import RollupBusyError, run_rollup
 log = logging.getLogger(__name__)
 
 
-class ServeSettings(BaseSettings):
+class ServeSettings(Settings):
     """How ``serve`` listens and whom it trusts."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)

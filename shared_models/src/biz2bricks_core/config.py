@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from biz2bricks_core.errors import ConfigurationError
 
-__all__ = ["DatabaseConfig", "describe_validation_error"]
+__all__ = ["DatabaseConfig", "Settings", "describe_validation_error"]
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
@@ -23,7 +23,17 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     return "invalid configuration: " + "; ".join(lines)
 
 
-class DatabaseConfig(BaseSettings):
+class Settings(BaseSettings):
+    """Settings whose validation errors become one ConfigurationError naming each variable."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise ConfigurationError(describe_validation_error(error)) from None
+
+
+class DatabaseConfig(Settings):
     """Where the database is and how to pool connections to it.
 
     ``DATABASE_URL`` wins over the ``DATABASE_*`` family. With ``USE_CLOUD_SQL_CONNECTOR`` the
@@ -55,12 +65,6 @@ class DatabaseConfig(BaseSettings):
     db_pool_recycle_s: int = Field(default=1800, ge=-1, validation_alias="DB_POOL_RECYCLE")
     db_pool_pre_ping: bool = Field(default=True, validation_alias="DB_POOL_PRE_PING")
     db_echo: bool = Field(default=False, validation_alias="DB_ECHO")
-
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as error:
-            raise ConfigurationError(describe_validation_error(error)) from None
 
     @model_validator(mode="after")
     def _check_cloud_sql(self) -> DatabaseConfig:

@@ -14,12 +14,13 @@ from decimal import Decimal
 from typing import Any, Final
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
 
@@ -78,7 +79,7 @@ _STORAGE_STATE = (
 )
 
 
-class UsageServiceSettings(BaseSettings):
+class UsageServiceSettings(Settings):
     """What a limit check answers when the database is down (each case is logged and counted)."""
 
     model_config = SettingsConfigDict(env_prefix="USAGE_", extra="ignore")
