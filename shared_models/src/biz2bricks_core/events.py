@@ -18,9 +18,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
-    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from biz2bricks_core.errors import InvalidEventError
@@ -32,6 +30,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "SCHEMA_VERSION",
     "UsageEvent",
+    "check_rules",
     "decode_event",
     "encode_event",
     "event_attributes",
@@ -52,7 +51,11 @@ OptionalText = Annotated[str | None, Field(default=None, max_length=200)]
 
 
 class UsageEvent(BaseModel):
-    """One LLM call's token usage, as the producer publishes it and the consumer stores it."""
+    """One LLM call's token usage, as the producer publishes it and the consumer stores it.
+
+    The model checks each field; ``decode_event`` and ``validate_event`` also apply
+    ``check_rules`` (cache tokens within input tokens, no timestamp from the future).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -70,17 +73,6 @@ class UsageEvent(BaseModel):
     request_id: OptionalText = None
     metadata: dict[str, Any] | None = None
 
-    @field_validator("occurred_at")
-    @classmethod
-    def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
-        now = (info.context or {}).get("now") or datetime.now(UTC)
-        if value - now > MAX_FUTURE_SKEW:
-            raise ValueError(
-                f"is {(value - now).total_seconds():.0f}s in the future "
-                f"(at most {MAX_FUTURE_SKEW.total_seconds():.0f}s of clock skew is accepted)"
-            )
-        return value.astimezone(UTC)
-
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -90,20 +82,30 @@ class UsageEvent(BaseModel):
                 raise ValueError(f"is {size} bytes serialized, over {MAX_METADATA_BYTES}")
         return value
 
-    @model_validator(mode="after")
-    def _cache_within_input(self) -> UsageEvent:
-        cached = self.cache_read_tokens + self.cache_write_tokens
-        if cached > self.input_tokens:
-            raise ValueError(
-                f"cache_read_tokens + cache_write_tokens ({cached}) exceed input_tokens "
-                f"({self.input_tokens}); input_tokens must include cached tokens"
-            )
-        return self
-
     @property
     def total_tokens(self) -> int:
         """Tokens counted against limits: input (cached included) plus output."""
         return self.input_tokens + self.output_tokens
+
+
+def check_rules(event: UsageEvent, now: datetime | None = None) -> None:
+    """The contract's rules across fields and against the clock (the model checks the shape).
+
+    Kept out of the model's validators so that pydantic-core validates a message without
+    calling back into Python: decoding is on the consumer's hot path.
+    """
+    cached = event.cache_read_tokens + event.cache_write_tokens
+    if cached > event.input_tokens:
+        raise InvalidEventError(
+            f"cache_read_tokens + cache_write_tokens ({cached}) exceed input_tokens "
+            f"({event.input_tokens}); input_tokens must include cached tokens"
+        )
+    skew = event.occurred_at - (now if now is not None else datetime.now(UTC))
+    if skew > MAX_FUTURE_SKEW:
+        raise InvalidEventError(
+            f"occurred_at: is {skew.total_seconds():.0f}s in the future "
+            f"(at most {MAX_FUTURE_SKEW.total_seconds():.0f}s of clock skew is accepted)"
+        )
 
 
 def _reason(error: ValidationError) -> str:
@@ -146,9 +148,10 @@ def decode_event(
     if event_type != EVENT_TYPE_TOKENS:
         raise InvalidEventError(f"event_type: unsupported {event_type!r}")
     try:
-        event = UsageEvent.model_validate_json(data, context={"now": now} if now else None)
+        event = UsageEvent.model_validate_json(data)
     except ValidationError as error:
         raise InvalidEventError(_reason(error)) from None
+    check_rules(event, now)
     attr_org = attributes.get("organization_id")
     if attr_org is not None and attr_org != str(event.organization_id):
         raise InvalidEventError("organization_id: attribute differs from the body")
@@ -158,6 +161,8 @@ def decode_event(
 def validate_event(fields: Mapping[str, Any], *, now: datetime | None = None) -> UsageEvent:
     """Build an event from Python values (the producer's path); InvalidEventError on bad input."""
     try:
-        return UsageEvent.model_validate(fields, context={"now": now} if now else None)
+        event = UsageEvent.model_validate(fields)
     except ValidationError as error:
         raise InvalidEventError(_reason(error)) from None
+    check_rules(event, now)
+    return event
