@@ -245,12 +245,13 @@ class UsageProducer:
         self._wake_replayer.set()
 
     def _spool_later(self, data: bytes, attributes: dict[str, str]) -> None:
-        if len(self._pending) >= self.settings.spool_queue_max_messages:
-            self.metrics.add("dropped")
-            log.error("producer.spool_queue_full_dropped")
-            return
         self._pending.append((data, attributes))
-        self._wake_writer.set()
+        if len(self._pending) >= self.settings.spool_queue_max_messages:
+            # The writer thread is behind: this thread writes a chunk itself (one fsync for
+            # thousands of messages) rather than let memory grow or drop what it accepted.
+            self._drain_pending()
+        else:
+            self._wake_writer.set()
 
     # -- background: spool writer and replayer --
 
