@@ -16,6 +16,7 @@ from biz2bricks_consumer.health import HealthServer
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import Worker
 from biz2bricks_core import DatabaseConfig, DatabaseManager
+from biz2bricks_core.localservices import find_free_port
 from tests.consumer.conftest import stopped_summary
 from tests.consumer.tcp_proxy import TcpProxy
 from tests.factories import assert_counter_derivable, event_count, make_event, provisioned_org
@@ -40,6 +41,15 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0) -> N
             return
         await asyncio.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+def ready(port: int) -> bool:
+    """True once a worker's /readyz answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 async def test_published_events_are_written_and_acked(
@@ -181,7 +191,13 @@ async def test_two_worker_processes_on_one_organization_keep_counters_exact(
         "CONSUMER_PULL_MAX_MESSAGES": "100",
         "CONSUMER_BATCH_MAX_MESSAGES": "100",
     }
-    workers = [worker_process("--exit-when-idle", "3", **small) for _ in range(2)]
+    ports = [find_free_port(), find_free_port()]
+    workers = [
+        worker_process("--exit-when-idle", "3", "--health-port", str(port), **small)
+        for port in ports
+    ]
+    for port in ports:  # both must be pulling before the events arrive
+        await wait_until(lambda port=port: ready(port), timeout_s=60)
     # When events for one organization arrive
     await asyncio.to_thread(publish, [make_event(org, input_tokens=i % 97) for i in range(6000)])
     outputs = [await asyncio.to_thread(w.communicate, timeout=120) for w in workers]
