@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
 import time
@@ -104,8 +103,3 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
-
-
-def run(coro: object) -> object:
-    """asyncio.run, typed loosely for scripts."""
-    return asyncio.run(coro)  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -103,11 +103,3 @@ def pubsub_names(pubsub_emulator: LocalService) -> Iterator[PubSubNames]:
     publisher.delete_topic(topic=names.topic_path)
     subscriber.close()
     publisher.transport.close()
-
-
-@pytest.fixture
-def new_org_id() -> Callable[[], object]:
-    """Unique organization ids, so tests sharing the session database never collide."""
-    import uuid
-
-    return uuid.uuid4

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from alembic.config import Config
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from biz2bricks_core import localservices
-from biz2bricks_core.config import to_asyncpg_url
 from biz2bricks_core.localservices import ServiceUnavailableError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +26,6 @@ def service_missing(error: ServiceUnavailableError) -> None:
     if require_services():
         pytest.fail(f"REQUIRE_SERVICES=1 and {error}", pytrace=False)
     pytest.skip(str(error))
-
-
-def with_database(url: str, database: str) -> URL:
-    """The same server, another database."""
-    return make_url(to_asyncpg_url(url)).set(database=database)
 
 
 def libpq_url(url: URL) -> str:
@@ -51,10 +45,7 @@ def drop_database(url: str) -> None:
 
 def alembic_config(url: str) -> Config:
     """An Alembic config for the repository's migrations aimed at ``url``."""
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    config.attributes["configure_logger"] = False
-    config.attributes["database_url"] = url
+    config: Config = localservices.alembic_config(url, ROOT / "alembic.ini")
     return config
 
 

@@ -17,10 +17,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "LocalService",
     "ServiceUnavailableError",
+    "alembic_config",
     "create_database",
     "docker_available",
     "drop_database",
@@ -234,15 +236,22 @@ def drop_database(url: str) -> None:
     _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def migrate(url: str, alembic_ini: Path, revision: str = "head", *, down: bool = False) -> None:
-    """Alembic upgrade (or downgrade) of ``url`` through the repository's migrations."""
-    from alembic import command
+def alembic_config(url: str, alembic_ini: Path) -> Any:
+    """An Alembic Config for the repository's migrations, aimed at ``url``."""
     from alembic.config import Config
 
     config = Config(str(alembic_ini))
     config.set_main_option("script_location", str(alembic_ini.parent / "migrations"))
     config.attributes["configure_logger"] = False
     config.attributes["database_url"] = url
+    return config
+
+
+def migrate(url: str, alembic_ini: Path, revision: str = "head", *, down: bool = False) -> None:
+    """Alembic upgrade (or downgrade) of ``url`` through the repository's migrations."""
+    from alembic import command
+
+    config = alembic_config(url, alembic_ini)
     if down:
         command.downgrade(config, revision)
     else:
