@@ -7,6 +7,7 @@ Pub/Sub emulator. Nothing here is used by the deployed services.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -164,6 +165,7 @@ def start_pubsub_emulator(
         # A session of its own, so that stopping the group stops every java child.
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     service = LocalService(f"127.0.0.1:{port}", "sdk-emulator", [lambda: _stop_group(proc)])
+    atexit.register(service.stop)  # also on an exception path; stop() is idempotent
     if not wait_for_port("127.0.0.1", port, timeout_s=60):
         service.stop()
         raise ServiceUnavailableError(
