@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from biz2bricks_core._provisioning import provision
 from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
@@ -220,8 +221,6 @@ class UsageService:
 
         Counters and credits survive a plan change; the period stays unless there is none yet.
         """
-        from biz2bricks_core._provisioning import provision
-
         async with self.db.session() as session:
             await provision(session, as_org_id(organization_id), plan, name)
 
