@@ -181,16 +181,11 @@ def outage(
 
 @pytest.mark.fault
 def test_an_outage_spools_without_blocking_and_replays_everything(
-    outage: ThreadedProxy, pubsub_names: PubSubNames, tmp_path: Path
+    outage: ThreadedProxy, pubsub_names: PubSubNames, producer_settings: ProducerSettings
 ) -> None:
     # Given Pub/Sub unreachable
-    settings = ProducerSettings(
-        project_id=pubsub_names.project_id,
-        topic=pubsub_names.topic,
-        spool_dir=tmp_path,
-        publish_timeout_s=1.0,
-        replay_interval_s=0.5,
-        max_in_flight_messages=500,
+    settings = producer_settings.model_copy(
+        update={"publish_timeout_s": 1.0, "max_in_flight_messages": 500}
     )
     producer = UsageProducer(settings)
     org = uuid.uuid4()
@@ -230,15 +225,9 @@ def test_an_outage_spools_without_blocking_and_replays_everything(
 
 @pytest.mark.fault
 def test_what_was_spooled_is_replayed_by_the_next_producer_after_a_restart(
-    outage: ThreadedProxy, pubsub_names: PubSubNames, tmp_path: Path
+    outage: ThreadedProxy, pubsub_names: PubSubNames, producer_settings: ProducerSettings
 ) -> None:
-    settings = ProducerSettings(
-        project_id=pubsub_names.project_id,
-        topic=pubsub_names.topic,
-        spool_dir=tmp_path,
-        publish_timeout_s=1.0,
-        replay_interval_s=0.5,
-    )
+    settings = producer_settings.model_copy(update={"publish_timeout_s": 1.0})
     first = UsageProducer(settings)
     ids = record(first, uuid.uuid4(), 300)
     first.close(timeout=3)
