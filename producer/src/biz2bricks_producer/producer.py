@@ -152,7 +152,6 @@ class UsageProducer:
             return self._reject(fields["event_id"], error.reason)
         except Exception as error:  # never into the caller: bad data is counted, not raised
             return self._reject(fields["event_id"], f"{type(error).__name__}: {error}")
-        self.metrics.add("accepted")
         self._send(data, attributes)
         return event.event_id
 
