@@ -19,7 +19,6 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from biz2bricks_consumer.batching import Batch, Reject
 from biz2bricks_core.database import DatabaseManager
@@ -166,25 +165,21 @@ class BatchWriter:
 
     async def write(self, batch: Batch) -> WriteResult:
         """Commit the batch's events, counters and rejects together, or raise and change nothing."""
-        async with self._db.engine.begin() as conn:
-            return await self.write_in(conn, batch)
-
-    async def write_in(self, conn: AsyncConnection, batch: Batch) -> WriteResult:
-        """The batch's statements on an open transaction (the caller commits)."""
         events, rejects = batch.events, list(batch.rejects)
         inserted = 0
-        if events:
-            orgs = sorted({e.organization_id for e in events})
-            known = set((await conn.execute(LOCK_ORGS, {"orgs": orgs})).scalars())
-            if len(known) < len(orgs):
-                events, unknown = _split_unknown(batch, known)
-                rejects.extend(unknown)
+        async with self._db.engine.begin() as conn:
             if events:
-                params = event_params(events, self._prices())
-                result = await conn.execute(INSERT_AND_COUNT, params)
-                inserted = sum(int(n) for n in result.scalars())
-        if rejects:
-            await conn.execute(INSERT_REJECTS, reject_columns(rejects))
+                orgs = sorted({e.organization_id for e in events})
+                known = set((await conn.execute(LOCK_ORGS, {"orgs": orgs})).scalars())
+                if len(known) < len(orgs):
+                    events, unknown = _split_unknown(batch, known)
+                    rejects.extend(unknown)
+                if events:
+                    params = event_params(events, self._prices())
+                    result = await conn.execute(INSERT_AND_COUNT, params)
+                    inserted = sum(int(n) for n in result.scalars())
+            if rejects:
+                await conn.execute(INSERT_REJECTS, reject_columns(rejects))
         duplicates = len(events) - inserted + batch.duplicates_in_batch
         return WriteResult(inserted=inserted, duplicates=duplicates, rejected=rejects)
 
