@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from bench._common import Timer, bench_database, events, manager, provision_orgs
 from biz2bricks_consumer.batching import Batch
 from biz2bricks_consumer.pricing_cache import load_price_book
+from biz2bricks_consumer.worker import tune_gc
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import UsageEvent
 from tests.factories import message_for
@@ -152,4 +153,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     with bench_database() as (url, _server):
+        tune_gc()  # as the biz2bricks-consumer command does before it starts the worker
         asyncio.run(measure(url, args.events, args.orgs, args.batch, args.rounds))

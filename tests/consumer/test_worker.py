@@ -66,6 +66,23 @@ async def test_published_events_are_written_and_acked(
     assert worker.metrics.value("usage_consumer_messages_acked_total") == 1200
 
 
+async def test_a_backlog_is_written_in_full_batches(
+    db: DatabaseManager,
+    consumer_settings: Callable[..., ConsumerSettings],
+    publish: Callable[..., None],
+) -> None:
+    # The emulator returns at most 100 messages per pull: without waiting (linger) for more,
+    # the first batch would be one pull's worth and 1,000 messages would take several batches.
+    org = await provisioned_org(db)
+    await asyncio.to_thread(publish, [make_event(org) for _ in range(1000)])
+    settings = consumer_settings(batch_max_messages=1000, batch_linger_s=3.0)
+    worker = await run_until_idle(settings, db)
+    assert worker.metrics.value("usage_consumer_messages_acked_total") == 1000
+    assert worker.metrics.value("usage_consumer_batch_size_count") == 1
+    assert worker.metrics.value("usage_consumer_batch_size_sum") == 1000
+    await assert_counter_derivable(db, org)
+
+
 async def test_redelivered_and_republished_events_count_once(
     db: DatabaseManager,
     consumer_settings: Callable[..., ConsumerSettings],

@@ -69,6 +69,22 @@ def test_upgrade_creates_every_table_and_seeds(empty_database: str) -> None:
     assert asyncio.run(seeds()) == (["free", "starter", "pro", "business"], 3)
 
 
+def test_usage_limits_leaves_room_for_in_place_counter_updates(empty_database: str) -> None:
+    migrate(empty_database)
+
+    async def reloptions() -> list[str]:
+        conn = await asyncpg.connect(libpq_url(make_url(empty_database)))
+        try:
+            options = await conn.fetchval(
+                "SELECT reloptions FROM pg_class WHERE relname = 'usage_limits'"
+            )
+            return list(options or [])
+        finally:
+            await conn.close()
+
+    assert asyncio.run(reloptions()) == ["fillfactor=50"]
+
+
 def test_downgrade_to_base_leaves_the_database_empty(empty_database: str) -> None:
     migrate(empty_database)
     migrate(empty_database, "base", down=True)

@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 from biz2bricks_consumer.health import HealthServer
 from biz2bricks_consumer.pubsub import PubSubSource, ensure_topic_and_subscription
 from biz2bricks_consumer.settings import ConsumerSettings
-from biz2bricks_consumer.worker import Worker
+from biz2bricks_consumer.worker import Worker, tune_gc
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"biz2bricks-consumer: {error}", file=sys.stderr)
         return 2
+    tune_gc()
     return asyncio.run(run_worker(settings, db))
 
 

@@ -8,6 +8,7 @@ from google.api_core import exceptions as gexc
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from biz2bricks_core.database import DRIVER_DISCONNECT_ERRORS
 from biz2bricks_core.errors import Biz2BricksError
 
 
@@ -28,7 +29,9 @@ RETRYABLE_DB_ERRORS: Final = (
     PoolTimeoutError,
     OperationalError,
     InterfaceError,
+    *DRIVER_DISCONNECT_ERRORS,
 )
+RETRYABLE_SQLSTATES: Final = ("40001", "40P01", "08", "57P")
 
 # Pub/Sub failures worth retrying on pull, ack and lease extension.
 RETRYABLE_PUBSUB_ERRORS: Final = (
@@ -48,7 +51,7 @@ def is_retryable_db_error(error: BaseException) -> bool:
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return True
-        sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-        # 40001 serialization failure, 40P01 deadlock, 08xxx connection, 57Pxx shutdown.
-        return bool(sqlstate) and str(sqlstate).startswith(("40001", "40P01", "08", "57P"))
-    return False
+        error = error.orig if error.orig is not None else error
+    # 40001 serialization failure, 40P01 deadlock, 08xxx connection, 57Pxx shutdown.
+    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return bool(sqlstate) and str(sqlstate).startswith(RETRYABLE_SQLSTATES)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from google.api_core import exceptions as gexc
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.protobuf import duration_pb2
-from google.pubsub_v1.types import DeadLetterPolicy, PullResponse, RetryPolicy
+from google.pubsub_v1.types import (
+    AcknowledgeRequest,
+    DeadLetterPolicy,
+    ModifyAckDeadlineRequest,
+    PullResponse,
+    RetryPolicy,
+)
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -68,10 +74,23 @@ class PubSubSource:
         """Up to ``max_messages`` messages; an empty list when there are none right now."""
         return await asyncio.to_thread(self._pull_sync, max_messages)
 
-    async def _chunked(self, call: str, ack_ids: Sequence[str], **extra: object) -> None:
-        method = getattr(self._client, call)
+    def _acknowledge_sync(self, ack_ids: Sequence[str]) -> None:
+        # Built as a raw protobuf: proto-plus converts a repeated field element by element,
+        # which cost ~2 us per acked message on the hot path.
+        request = AcknowledgeRequest.pb()(subscription=self._path, ack_ids=ack_ids)
+        self._client.acknowledge(request=AcknowledgeRequest.wrap(request), timeout=30)
+
+    def _modify_deadline_sync(self, ack_ids: Sequence[str], seconds: int) -> None:
+        request = ModifyAckDeadlineRequest.pb()(
+            subscription=self._path, ack_ids=ack_ids, ack_deadline_seconds=seconds
+        )
+        self._client.modify_ack_deadline(request=ModifyAckDeadlineRequest.wrap(request), timeout=30)
+
+    async def _chunked(
+        self, call: Callable[..., None], ack_ids: Sequence[str], *extra: object
+    ) -> None:
         for start in range(0, len(ack_ids), ACK_CHUNK):
-            chunk = list(ack_ids[start : start + ACK_CHUNK])
+            chunk = ack_ids[start : start + ACK_CHUNK]
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RETRYABLE_PUBSUB_ERRORS),
                 wait=wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.1),
@@ -79,21 +98,19 @@ class PubSubSource:
                 reraise=True,
             ):
                 with attempt:
-                    await asyncio.to_thread(
-                        method, subscription=self._path, ack_ids=chunk, timeout=30, **extra
-                    )
+                    await asyncio.to_thread(call, chunk, *extra)
 
     async def ack(self, ack_ids: Sequence[str]) -> None:
         """Acknowledge messages (only ever after their batch committed)."""
-        await self._chunked("acknowledge", ack_ids)
+        await self._chunked(self._acknowledge_sync, ack_ids)
 
     async def extend(self, ack_ids: Sequence[str], seconds: int) -> None:
         """Keep the lease on messages still being worked on."""
-        await self._chunked("modify_ack_deadline", ack_ids, ack_deadline_seconds=seconds)
+        await self._chunked(self._modify_deadline_sync, ack_ids, seconds)
 
     async def release(self, ack_ids: Sequence[str]) -> None:
         """Hand messages back for redelivery now (no ack)."""
-        await self._chunked("modify_ack_deadline", ack_ids, ack_deadline_seconds=0)
+        await self._chunked(self._modify_deadline_sync, ack_ids, 0)
 
     async def check(self) -> None:
         """Raise if the subscription cannot be read."""

@@ -23,6 +23,9 @@ class ConsumerSettings(Settings):
     batch_max_messages: int = Field(
         default=1000, ge=1, le=5000, validation_alias="CONSUMER_BATCH_MAX_MESSAGES"
     )
+    batch_linger_s: float = Field(
+        default=0.05, ge=0, le=5, validation_alias="CONSUMER_BATCH_LINGER"
+    )
     pull_max_messages: int = Field(
         default=1000, ge=1, le=1000, validation_alias="CONSUMER_PULL_MAX_MESSAGES"
     )

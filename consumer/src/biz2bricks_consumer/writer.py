@@ -18,31 +18,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import text
 
 from biz2bricks_consumer.batching import Batch, Reject
-from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.database import DatabaseManager, driver_connection
 from biz2bricks_core.events import UsageEvent
 from biz2bricks_core.pricing import PriceBook
 
-LOCK_ORGS = text(
+# Statements run on the asyncpg connection under a pooled SQLAlchemy one: SQLAlchemy's
+# execute and result layers cost ~1 ms per batch here, a fifth of the batch's write time.
+LOCK_ORGS = (
     "SELECT organization_id FROM usage_limits"
-    " WHERE organization_id = ANY(CAST(:orgs AS uuid[]))"
+    " WHERE organization_id = ANY($1::uuid[])"
     " ORDER BY organization_id FOR UPDATE"
 )
 
-INSERT_AND_COUNT = text(
-    """
+INSERT_AND_COUNT = """
 WITH input AS (
     -- Events arrive as one JSON array (serialised from the validated models) plus the
     -- resolved price row of each: parsing JSON server-side is cheaper than 14 typed arrays.
     SELECT * FROM ROWS FROM (
-        json_to_recordset(CAST(:events AS json)) AS (
+        json_to_recordset($1::json) AS (
             event_id uuid, organization_id uuid, user_id uuid, occurred_at timestamptz,
             provider text, model text, input_tokens bigint, output_tokens bigint,
             cache_read_tokens bigint, cache_write_tokens bigint, operation text,
             request_id text, metadata jsonb),
-        unnest(CAST(:pricing_id AS integer[]))
+        unnest($2::integer[])
     ) AS t(event_id, organization_id, user_id, occurred_at, provider, model, input_tokens,
            output_tokens, cache_read_tokens, cache_write_tokens, operation, request_id,
            metadata, pricing_id)
@@ -103,15 +103,13 @@ FROM sums s
 WHERE u.organization_id = s.organization_id
 RETURNING s.inserted
 """
-)
 
-INSERT_REJECTS = text(
+INSERT_REJECTS = (
     "INSERT INTO usage_event_rejects (organization_id, message_id, reason, reason_code,"
     " raw_data, attributes, delivery_attempt, published_at)"
-    " SELECT o, m, r, c, d, CAST(a AS jsonb), n, p FROM unnest("
-    " CAST(:org AS uuid[]), CAST(:message_id AS text[]), CAST(:reason AS text[]),"
-    " CAST(:code AS text[]), CAST(:data AS bytea[]), CAST(:attributes AS text[]),"
-    " CAST(:attempt AS integer[]), CAST(:published AS timestamptz[])) AS t(o, m, r, c, d, a, n, p)"
+    " SELECT o, m, r, c, d, a::jsonb, n, p FROM unnest($1::uuid[], $2::text[], $3::text[],"
+    " $4::text[], $5::bytea[], $6::text[], $7::integer[], $8::timestamptz[])"
+    " AS t(o, m, r, c, d, a, n, p)"
 )
 
 
@@ -127,33 +125,33 @@ class WriteResult:
     rejected: list[Reject]
 
 
-def event_params(events: Sequence[UsageEvent], prices: PriceBook) -> dict[str, Any]:
+def event_params(events: Sequence[UsageEvent], prices: PriceBook) -> tuple[str, list[int | None]]:
     """Parameters of INSERT_AND_COUNT: the events as JSON, and the price row id of each.
 
     The price version in force is resolved here; the cost itself is computed in SQL from
     that row, so no Decimal crosses the wire.
     """
-    return {
-        "events": _EVENTS_JSON.dump_json(list(events), exclude_none=True).decode(),
-        "pricing_id": [
+    return (
+        _EVENTS_JSON.dump_json(list(events), exclude_none=True).decode(),
+        [
             None if (p := prices.price_at(e.provider, e.model, e.occurred_at)) is None else p.id
             for e in events
         ],
-    }
+    )
 
 
-def reject_columns(rejects: Sequence[Reject]) -> dict[str, list[Any]]:
-    """Column arrays for INSERT_REJECTS."""
-    return {
-        "org": [r.organization_id for r in rejects],
-        "message_id": [r.message.message_id for r in rejects],
-        "reason": [r.reason for r in rejects],
-        "code": [r.reason_code for r in rejects],
-        "data": [r.message.data for r in rejects],
-        "attributes": [json.dumps(dict(r.message.attributes)) for r in rejects],
-        "attempt": [r.message.delivery_attempt for r in rejects],
-        "published": [r.message.publish_time for r in rejects],
-    }
+def reject_columns(rejects: Sequence[Reject]) -> tuple[list[Any], ...]:
+    """Column arrays for INSERT_REJECTS, in its parameter order."""
+    return (
+        [r.organization_id for r in rejects],
+        [r.message.message_id for r in rejects],
+        [r.reason for r in rejects],
+        [r.reason_code for r in rejects],
+        [r.message.data for r in rejects],
+        [json.dumps(dict(r.message.attributes)) for r in rejects],
+        [r.message.delivery_attempt for r in rejects],
+        [r.message.publish_time for r in rejects],
+    )
 
 
 class BatchWriter:
@@ -167,19 +165,22 @@ class BatchWriter:
         """Commit the batch's events, counters and rejects together, or raise and change nothing."""
         events, rejects = batch.events, list(batch.rejects)
         inserted = 0
-        async with self._db.engine.begin() as conn:
-            if events:
-                orgs = sorted({e.organization_id for e in events})
-                known = set((await conn.execute(LOCK_ORGS, {"orgs": orgs})).scalars())
-                if len(known) < len(orgs):
-                    events, unknown = _split_unknown(batch, known)
-                    rejects.extend(unknown)
+        async with self._db.engine.connect() as pooled:
+            conn = await driver_connection(pooled)
+            async with conn.transaction():
                 if events:
-                    params = event_params(events, self._prices())
-                    result = await conn.execute(INSERT_AND_COUNT, params)
-                    inserted = sum(int(n) for n in result.scalars())
-            if rejects:
-                await conn.execute(INSERT_REJECTS, reject_columns(rejects))
+                    orgs = sorted({e.organization_id for e in events})
+                    known = {row[0] for row in await conn.fetch(LOCK_ORGS, orgs)}
+                    if len(known) < len(orgs):
+                        events, unknown = _split_unknown(batch, known)
+                        rejects.extend(unknown)
+                    if events:
+                        rows = await conn.fetch(
+                            INSERT_AND_COUNT, *event_params(events, self._prices())
+                        )
+                        inserted = sum(row[0] for row in rows)
+                if rejects:
+                    await conn.execute(INSERT_REJECTS, *reject_columns(rejects))
         duplicates = len(events) - inserted + batch.duplicates_in_batch
         return WriteResult(inserted=inserted, duplicates=duplicates, rejected=rejects)
 

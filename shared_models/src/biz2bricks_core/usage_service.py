@@ -18,11 +18,14 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from biz2bricks_core._provisioning import provision
 from biz2bricks_core.config import Settings
-from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.database import (
+    DRIVER_DISCONNECT_ERRORS,
+    DatabaseManager,
+    driver_connection,
+)
 from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
 
 __all__ = [
@@ -44,6 +47,7 @@ DATABASE_DOWN_ERRORS: Final = (
     PoolTimeoutError,
     OperationalError,
     InterfaceError,
+    *DRIVER_DISCONNECT_ERRORS,
 )
 
 # The request-path statements run on the pooled connection's asyncpg driver directly: one
@@ -158,7 +162,7 @@ class UsageService:
             raise InvalidArgumentError(f"estimated_tokens: must be >= 0, got {estimated_tokens!r}")
         try:
             async with self.db.engine.connect() as conn:
-                driver = await _driver(conn)
+                driver = await driver_connection(conn)
                 row = await driver.fetchrow(_TOKEN_CHECK, org)
         except DATABASE_DOWN_ERRORS as error:
             return self._database_down("token", self.settings.token_check_fail_open, org, error)
@@ -174,7 +178,7 @@ class UsageService:
         state = None
         try:
             async with self.db.engine.connect() as conn:
-                driver = await _driver(conn)
+                driver = await driver_connection(conn)
                 row = await driver.fetchrow(_RESERVE, org, n, actor)
                 if row is None:
                     state = await driver.fetchrow(_STORAGE_STATE, org)
@@ -194,7 +198,7 @@ class UsageService:
         """Subtract ``n_bytes`` from the organization's storage, never below zero."""
         org, n = as_org_id(organization_id), _as_size(n_bytes)
         async with self.db.engine.connect() as conn:
-            row = await (await _driver(conn)).fetchrow(_RELEASE, org, n, actor)
+            row = await (await driver_connection(conn)).fetchrow(_RELEASE, org, n, actor)
         if row is None:
             raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
 
@@ -290,12 +294,6 @@ class UsageService:
             storage_limit_bytes=m["storage_limit_bytes"],
             counters_updated_at=m["counters_updated_at"],
         )
-
-
-async def _driver(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under a pooled SQLAlchemy connection (statements autocommit)."""
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
 
 
 def token_decision(row: Any, estimated_tokens: int) -> LimitDecision:
