@@ -94,6 +94,64 @@ def percentile(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[int(q) - 1]
 
 
+class CpuMeter:
+    """CPU seconds spent during a block: this process, the Pub/Sub emulator, the whole machine.
+
+    Linux only (reads /proc); elsewhere every figure is 0. The emulator is any process whose
+    command line names the pubsub emulator; "other" (machine minus the two) is mostly
+    PostgreSQL and the kernel's share of the network traffic.
+    """
+
+    _tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    @classmethod
+    def _machine(cls) -> float:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return 0.0
+        return (sum(fields) - fields[3] - fields[4]) / cls._tick  # minus idle and iowait
+
+    @classmethod
+    def _emulator(cls) -> float:
+        total = 0.0
+        for pid in (
+            (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ()
+        ):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"pubsub-emulator" not in f.read():
+                        continue
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+                total += (int(stat[11]) + int(stat[12])) / cls._tick
+            except OSError:
+                continue
+        return total
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (time.process_time(), self._emulator(), self._machine(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        own, emulator, machine, wall = self._start
+        self.own = time.process_time() - own
+        self.emulator = self._emulator() - emulator
+        self.machine = self._machine() - machine
+        self.wall = time.perf_counter() - wall
+
+    def per_message(self, count: int) -> str:
+        """CPU microseconds per message, by whom, and how busy the machine's cores were."""
+        other = max(self.machine - self.own - self.emulator, 0.0)
+        us = 1e6 / count
+        return (
+            f"CPU per message: this process {self.own * us:.0f} us, emulator "
+            f"{self.emulator * us:.0f} us, other {other * us:.0f} us; "
+            f"cores busy {self.machine / self.wall:.2f} of {os.cpu_count()}"
+        )
+
+
 class Timer:
     """Wall-clock seconds of a block."""
 

@@ -5,7 +5,7 @@ a raw unary pull (1,000 per call) + ack loop and the other with the worker (pull
 commit, ack), alternating which goes first. A warm-up round runs both before anything is timed:
 the emulator is a JVM whose pull path runs 2-4x slower until it is compiled, and an unwarmed
 first measurement penalises whichever side runs first. Bar: ours >= 0.5x the raw rate.
-Run: uv run python -m bench.consumer_e2e [--messages 100000] [--orgs 1000] [--rounds 3]
+Run: uv run python -m bench.consumer_e2e [--messages 100000] [--orgs 1000] [--rounds 3] [--held]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import uuid
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import BatchSettings
 
-from bench._common import Timer, bench_database, events, manager, provision_orgs
+from bench._common import CpuMeter, Timer, bench_database, events, manager, provision_orgs
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import Worker, tune_gc
 from biz2bricks_core import encode_event
@@ -61,6 +61,26 @@ def raw_pull_ack(subscription: str, total: int) -> float:
     return t.seconds
 
 
+def raw_pull_held_ack(subscription: str, total: int, held: int = 1000) -> float:
+    """Raw pull + ack, but each message acked only once ``held`` more have been pulled.
+
+    Not the bar's baseline: it shows what acking after a batch commits (as any consumer that
+    writes before it acks must) costs the emulator by itself, with no decoding and no database.
+    """
+    client = SubscriberClient()
+    done, pending = 0, []
+    with Timer() as t:
+        while done < total:
+            response = client.pull(subscription=subscription, max_messages=1000, timeout=30)
+            pending.extend(m.ack_id for m in response.received_messages)
+            if len(pending) > held or done + len(pending) >= total:
+                client.acknowledge(subscription=subscription, ack_ids=pending[:1000])
+                done += len(pending[:1000])
+                del pending[:1000]
+    client.close()
+    return t.seconds
+
+
 async def ours(url: str, subscription: str, total: int) -> float:
     settings = ConsumerSettings(
         project_id=PROJECT, subscription=subscription.rsplit("/", 1)[1], health_port=0
@@ -83,23 +103,36 @@ async def ours(url: str, subscription: str, total: int) -> float:
     return elapsed
 
 
-def one_round(url: str, orgs: list[uuid.UUID], total: int, raw_first: bool) -> tuple[float, float]:
-    """Publish ``total`` fresh events to two subscriptions and drain both; return the rates."""
+def one_round(
+    url: str, orgs: list[uuid.UUID], total: int, raw_first: bool
+) -> tuple[float, float, CpuMeter, CpuMeter]:
+    """Publish ``total`` fresh events to two subscriptions, drain both; rates and CPU used."""
     suffix = uuid.uuid4().hex[:6]
     raw_topic, raw_sub = setup_topic(f"raw-{suffix}")
     our_topic, our_sub = setup_topic(f"ours-{suffix}")
     publish_all(raw_topic, [encode_event(e) for e in events(orgs, total)])
     publish_all(our_topic, [encode_event(e) for e in events(orgs, total)])
-    if raw_first:
-        raw_s = raw_pull_ack(raw_sub, total)
-        our_s = asyncio.run(ours(url, our_sub, total))
-    else:
-        our_s = asyncio.run(ours(url, our_sub, total))
-        raw_s = raw_pull_ack(raw_sub, total)
-    return total / raw_s, total / our_s
+    raw_cpu, our_cpu = CpuMeter(), CpuMeter()
+    for side in ("raw", "ours") if raw_first else ("ours", "raw"):
+        if side == "raw":
+            with raw_cpu:
+                raw_s = raw_pull_ack(raw_sub, total)
+        else:
+            with our_cpu:
+                our_s = asyncio.run(ours(url, our_sub, total))
+    return total / raw_s, total / our_s, raw_cpu, our_cpu
 
 
-def main(total: int, n_orgs: int, rounds: int, warmup: int) -> None:
+def held_round(orgs: list[uuid.UUID], total: int) -> tuple[float, CpuMeter]:
+    """The held-ack variant of the raw loop on its own subscription: rate and CPU used."""
+    topic, subscription = setup_topic(f"held-{uuid.uuid4().hex[:6]}")
+    publish_all(topic, [encode_event(e) for e in events(orgs, total)])
+    with CpuMeter() as cpu:
+        seconds = raw_pull_held_ack(subscription, total)
+    return total / seconds, cpu
+
+
+def main(total: int, n_orgs: int, rounds: int, warmup: int, held: bool) -> None:
     tune_gc()  # as the biz2bricks-consumer command does before it starts the worker
     emulator = start_pubsub_emulator(PROJECT)
     os.environ["PUBSUB_EMULATOR_HOST"] = emulator.address
@@ -108,7 +141,7 @@ def main(total: int, n_orgs: int, rounds: int, warmup: int) -> None:
         with bench_database() as (url, _server):
             orgs = asyncio.run(provision_orgs(url, n_orgs))
             if warmup:
-                raw_rate, our_rate = one_round(url, orgs, warmup, raw_first=True)
+                raw_rate, our_rate, _, _ = one_round(url, orgs, warmup, raw_first=True)
                 print(
                     f"warm-up ({warmup:,} messages, not counted): raw {raw_rate:,.0f} msg/s, "
                     f"ours {our_rate:,.0f} msg/s",
@@ -116,15 +149,25 @@ def main(total: int, n_orgs: int, rounds: int, warmup: int) -> None:
                 )
             for r in range(rounds):
                 raw_first = r % 2 == 0
-                raw_rate, our_rate = one_round(url, orgs, total, raw_first)
+                raw_rate, our_rate, raw_cpu, our_cpu = one_round(url, orgs, total, raw_first)
                 ratios.append(our_rate / raw_rate)
                 print(
                     f"round {r + 1}/{rounds} ({'raw' if raw_first else 'ours'} first, "
                     f"{total:,} messages): raw unary pull + ack {raw_rate:,.0f} msg/s, "
                     f"consumer (pull, decode, write, commit, ack) {our_rate:,.0f} msg/s, "
-                    f"ratio {our_rate / raw_rate:.2f}",
+                    f"ratio {our_rate / raw_rate:.2f}\n"
+                    f"  raw  {raw_cpu.per_message(total)}\n"
+                    f"  ours {our_cpu.per_message(total)}",
                     flush=True,
                 )
+                if held:
+                    held_rate, held_cpu = held_round(orgs, total)
+                    print(
+                        f"  raw pull + ack held back by 1,000 messages (not the bar): "
+                        f"{held_rate:,.0f} msg/s, ours {our_rate / held_rate:.2f}x of it\n"
+                        f"  held {held_cpu.per_message(total)}",
+                        flush=True,
+                    )
     finally:
         emulator.stop()
     print(
@@ -139,5 +182,8 @@ if __name__ == "__main__":
     parser.add_argument("--orgs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=50_000, help="0: no warm-up round")
+    parser.add_argument(
+        "--held", action="store_true", help="also time raw pull + ack with acks held back"
+    )
     args = parser.parse_args()
-    main(args.messages, args.orgs, args.rounds, args.warmup)
+    main(args.messages, args.orgs, args.rounds, args.warmup, args.held)
