@@ -18,8 +18,8 @@ from biz2bricks_consumer.worker import Worker
 from biz2bricks_core import DatabaseConfig, DatabaseManager
 from biz2bricks_core.localservices import find_free_port
 from tests.consumer.conftest import stopped_summary
-from tests.consumer.tcp_proxy import TcpProxy
 from tests.factories import assert_counter_derivable, event_count, make_event, provisioned_org
+from tests.tcp_proxy import TcpProxy
 
 ATTRS = {"event_type": "llm.tokens", "schema_version": "1"}
 

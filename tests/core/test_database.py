@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import select, text
 
 from biz2bricks_core import DatabaseConfig, DatabaseManager, DatabaseUnavailableError
+from biz2bricks_core.database import DRIVER_DISCONNECT_ERRORS
 from biz2bricks_core.models import OrganizationModel
+from tests.tcp_proxy import TcpProxy
 
 
 async def test_session_commits_when_the_block_succeeds(db: DatabaseManager) -> None:
@@ -77,3 +79,32 @@ async def test_unreachable_database_names_the_service_and_the_fix() -> None:
     with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1.*DATABASE_URL"):
         await manager.check()
     await manager.dispose()
+
+
+async def test_a_connection_broken_under_the_driver_is_not_handed_out_again(
+    database_url: str,
+) -> None:
+    # One pooled connection, no pre-ping: only invalidation keeps a dead one out of the pool.
+    proxy = TcpProxy(database_url)
+    await proxy.start()
+    db = DatabaseManager(
+        DatabaseConfig(
+            database_url=proxy.url.render_as_string(hide_password=False),
+            db_pool_size=1,
+            db_max_overflow=0,
+            db_pool_pre_ping=False,
+        )
+    )
+    try:
+        async with db.driver() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        await proxy.cut()  # breaks the pooled connection
+        await proxy.start()  # and accepts new ones
+        with pytest.raises((*DRIVER_DISCONNECT_ERRORS, OSError)):
+            async with db.driver() as conn:
+                await conn.fetchval("SELECT 1")
+        async with db.driver() as conn:
+            assert await conn.fetchval("SELECT 2") == 2
+    finally:
+        await db.dispose()
+        await proxy.cut()

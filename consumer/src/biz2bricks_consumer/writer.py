@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from biz2bricks_consumer.batching import Batch, Reject
-from biz2bricks_core.database import DatabaseManager, driver_connection
+from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.events import UsageEvent
 from biz2bricks_core.pricing import PriceBook
 
@@ -165,22 +165,18 @@ class BatchWriter:
         """Commit the batch's events, counters and rejects together, or raise and change nothing."""
         events, rejects = batch.events, list(batch.rejects)
         inserted = 0
-        async with self._db.engine.connect() as pooled:
-            conn = await driver_connection(pooled)
-            async with conn.transaction():
+        async with self._db.driver() as conn, conn.transaction():
+            if events:
+                orgs = sorted({e.organization_id for e in events})
+                known = {row[0] for row in await conn.fetch(LOCK_ORGS, orgs)}
+                if len(known) < len(orgs):
+                    events, unknown = _split_unknown(batch, known)
+                    rejects.extend(unknown)
                 if events:
-                    orgs = sorted({e.organization_id for e in events})
-                    known = {row[0] for row in await conn.fetch(LOCK_ORGS, orgs)}
-                    if len(known) < len(orgs):
-                        events, unknown = _split_unknown(batch, known)
-                        rejects.extend(unknown)
-                    if events:
-                        rows = await conn.fetch(
-                            INSERT_AND_COUNT, *event_params(events, self._prices())
-                        )
-                        inserted = sum(row[0] for row in rows)
-                if rejects:
-                    await conn.execute(INSERT_REJECTS, *reject_columns(rejects))
+                    rows = await conn.fetch(INSERT_AND_COUNT, *event_params(events, self._prices()))
+                    inserted = sum(row[0] for row in rows)
+            if rejects:
+                await conn.execute(INSERT_REJECTS, *reject_columns(rejects))
         duplicates = len(events) - inserted + batch.duplicates_in_batch
         return WriteResult(inserted=inserted, duplicates=duplicates, rejected=rejects)
 

@@ -13,7 +13,6 @@ from typing import Any, Final
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -26,11 +25,20 @@ from biz2bricks_core.errors import DatabaseUnavailableError
 __all__ = [
     "DRIVER_DISCONNECT_ERRORS",
     "DatabaseManager",
-    "driver_connection",
     "get_database_manager",
 ]
 
 log = logging.getLogger(__name__)
+
+
+# What the asyncpg driver itself raises when the connection drops or the server stops (hot
+# paths call it directly, so SQLAlchemy does not wrap these): "connection is closed" and
+# other interface errors, SQLSTATE 08xxx, and 57xxx (admin shutdown, cannot connect now).
+DRIVER_DISCONNECT_ERRORS: Final = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 @dataclass
@@ -119,6 +127,23 @@ class DatabaseManager:
                 await session.rollback()
                 raise
 
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[Any]:
+        """A pooled connection's asyncpg driver, for hot paths (limit checks, the consumer).
+
+        Statements on it bypass SQLAlchemy's execute and result layers (~0.3-1 ms per call
+        here) and autocommit unless run inside its own ``transaction()``. The pool still owns
+        the connection; if the driver raises a disconnect error the connection is invalidated
+        (SQLAlchemy does not see the driver's errors), so the pool never hands it out again.
+        """
+        async with self.engine.connect() as pooled:
+            raw = await pooled.get_raw_connection()
+            try:
+                yield raw.driver_connection
+            except (*DRIVER_DISCONNECT_ERRORS, OSError):
+                await pooled.invalidate()
+                raise
+
     async def get_session(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency: ``Depends(db.get_session)``; same commit/rollback rules."""
         async with self.session() as session:
@@ -160,23 +185,3 @@ def get_database_manager() -> DatabaseManager:
     if _default_manager is None:
         _default_manager = DatabaseManager(DatabaseConfig())
     return _default_manager
-
-
-# What the asyncpg driver itself raises when the connection drops or the server stops (hot
-# paths call it directly, so SQLAlchemy does not wrap these): "connection is closed" and
-# other interface errors, SQLSTATE 08xxx, and 57xxx (admin shutdown, cannot connect now).
-DRIVER_DISCONNECT_ERRORS: Final = (
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
-
-
-async def driver_connection(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under a pooled SQLAlchemy one, for hot paths.
-
-    Statements on it bypass SQLAlchemy's execute and result layers (~0.3-1 ms per call here)
-    and autocommit unless run inside its own ``transaction()``; the pool still owns it.
-    """
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection

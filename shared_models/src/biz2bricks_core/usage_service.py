@@ -21,11 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from biz2bricks_core._provisioning import provision
 from biz2bricks_core.config import Settings
-from biz2bricks_core.database import (
-    DRIVER_DISCONNECT_ERRORS,
-    DatabaseManager,
-    driver_connection,
-)
+from biz2bricks_core.database import DRIVER_DISCONNECT_ERRORS, DatabaseManager
 from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
 
 __all__ = [
@@ -161,8 +157,7 @@ class UsageService:
         if isinstance(estimated_tokens, bool) or estimated_tokens < 0:
             raise InvalidArgumentError(f"estimated_tokens: must be >= 0, got {estimated_tokens!r}")
         try:
-            async with self.db.engine.connect() as conn:
-                driver = await driver_connection(conn)
+            async with self.db.driver() as driver:
                 row = await driver.fetchrow(_TOKEN_CHECK, org)
         except DATABASE_DOWN_ERRORS as error:
             return self._database_down("token", self.settings.token_check_fail_open, org, error)
@@ -177,8 +172,7 @@ class UsageService:
         org, n = as_org_id(organization_id), _as_size(n_bytes)
         state = None
         try:
-            async with self.db.engine.connect() as conn:
-                driver = await driver_connection(conn)
+            async with self.db.driver() as driver:
                 row = await driver.fetchrow(_RESERVE, org, n, actor)
                 if row is None:
                     state = await driver.fetchrow(_STORAGE_STATE, org)
@@ -197,8 +191,8 @@ class UsageService:
     ) -> None:
         """Subtract ``n_bytes`` from the organization's storage, never below zero."""
         org, n = as_org_id(organization_id), _as_size(n_bytes)
-        async with self.db.engine.connect() as conn:
-            row = await (await driver_connection(conn)).fetchrow(_RELEASE, org, n, actor)
+        async with self.db.driver() as driver:
+            row = await driver.fetchrow(_RELEASE, org, n, actor)
         if row is None:
             raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
 
