@@ -71,3 +71,23 @@ def test_a_missing_project_setting_names_the_variable() -> None:
     )
     assert result.returncode == 2
     assert "PUBSUB_PROJECT_ID" in result.stderr
+
+
+def test_tune_gc_freezes_the_start_up_heap_and_collects_less_often() -> None:
+    # In a child process: the setting is process-wide.
+    script = (
+        "import gc\n"
+        "from biz2bricks_consumer.worker import GC_YOUNG_THRESHOLD, tune_gc\n"
+        "before = gc.get_threshold()\n"
+        "tune_gc()\n"
+        "after = gc.get_threshold()\n"
+        "assert after == (GC_YOUNG_THRESHOLD, *before[1:]), (before, after)\n"
+        "assert GC_YOUNG_THRESHOLD > before[0]\n"
+        "assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
