@@ -21,6 +21,7 @@ from biz2bricks_core import (
 from biz2bricks_core.models import DocumentModel
 from biz2bricks_core.periods import period_bounds
 from tests.factories import counters, provisioned_org
+from tests.tcp_proxy import TcpProxy
 
 MIB = 1024**2
 GIB = 1024**3
@@ -188,6 +189,32 @@ async def test_database_down_fails_open_for_tokens_and_closed_for_storage() -> N
     assert not (await strict.check_token_limit(org)).allowed
     assert (await strict.reserve_storage(org, 1)).allowed
     await down.dispose()
+
+
+async def test_a_connection_dropped_mid_request_is_a_database_outage(
+    db: DatabaseManager, database_url: str
+) -> None:
+    # The check runs on the asyncpg driver, whose own errors SQLAlchemy never wraps.
+    org = await provisioned_org(db)
+    proxy = TcpProxy(database_url)
+    await proxy.start()
+    proxied = DatabaseManager(
+        DatabaseConfig(
+            database_url=proxy.url.render_as_string(hide_password=False),
+            db_pool_size=1,
+            db_max_overflow=0,
+            db_pool_pre_ping=False,
+        )
+    )
+    service = UsageService(proxied)
+    try:
+        assert (await service.check_token_limit(org)).reason == "ok"
+        await proxy.cut()  # breaks the pooled connection under the next check
+        decision = await service.check_token_limit(org)
+        assert (decision.allowed, decision.reason) == (True, "database_unavailable_fail_open")
+        assert service.counters["token_fail_open"] == 1
+    finally:
+        await proxied.dispose()
 
 
 # storage

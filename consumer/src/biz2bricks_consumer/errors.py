@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Final
 
 from google.api_core import exceptions as gexc
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DBAPIError
 
-from biz2bricks_core.database import DRIVER_DISCONNECT_ERRORS
+from biz2bricks_core.database import DATABASE_DOWN_ERRORS
 from biz2bricks_core.errors import Biz2BricksError
 
 
@@ -20,17 +19,9 @@ class BatchAbandoned(ConsumerError):
     """A batch could not be committed (retry budget or shutdown grace spent); it is released."""
 
 
-# Database failures worth retrying: the server went away, a connection broke, the pool timed
-# out, or a serialization/deadlock error under concurrency. Everything else is a bug.
-RETRYABLE_DB_ERRORS: Final = (
-    OSError,
-    TimeoutError,
-    ConnectionError,
-    PoolTimeoutError,
-    OperationalError,
-    InterfaceError,
-    *DRIVER_DISCONNECT_ERRORS,
-)
+# Database failures worth retrying: DATABASE_DOWN_ERRORS (the server went away, a connection
+# broke, the pool timed out), and by SQLSTATE a serialization failure or deadlock under
+# concurrency. Everything else is a bug.
 RETRYABLE_SQLSTATES: Final = ("40001", "40P01", "08", "57P")
 
 # Pub/Sub failures worth retrying on pull, ack and lease extension.
@@ -46,7 +37,7 @@ RETRYABLE_PUBSUB_ERRORS: Final = (
 
 def is_retryable_db_error(error: BaseException) -> bool:
     """True for connection loss and transient server states, including asyncpg's own errors."""
-    if isinstance(error, RETRYABLE_DB_ERRORS):
+    if isinstance(error, DATABASE_DOWN_ERRORS):
         return True
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:

@@ -12,6 +12,8 @@ from typing import Any, Final
 
 import asyncpg
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -23,6 +25,7 @@ from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.errors import DatabaseUnavailableError
 
 __all__ = [
+    "DATABASE_DOWN_ERRORS",
     "DRIVER_DISCONNECT_ERRORS",
     "DatabaseManager",
     "get_database_manager",
@@ -38,6 +41,17 @@ DRIVER_DISCONNECT_ERRORS: Final = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+)
+
+# Every way "the database did not answer" surfaces, through SQLAlchemy or from the driver:
+# what the limit checks fail open/closed on and what the consumer backs off and retries.
+DATABASE_DOWN_ERRORS: Final = (
+    OSError,  # includes ConnectionError
+    TimeoutError,
+    PoolTimeoutError,
+    OperationalError,
+    InterfaceError,
+    *DRIVER_DISCONNECT_ERRORS,
 )
 
 

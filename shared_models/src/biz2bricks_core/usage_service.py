@@ -11,17 +11,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from biz2bricks_core._provisioning import provision
 from biz2bricks_core.config import Settings
-from biz2bricks_core.database import DRIVER_DISCONNECT_ERRORS, DatabaseManager
+from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
 from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
 
 __all__ = [
@@ -35,16 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Errors that mean "the database did not answer", as opposed to a bad request.
-DATABASE_DOWN_ERRORS: Final = (
-    OSError,
-    TimeoutError,
-    PoolTimeoutError,
-    OperationalError,
-    InterfaceError,
-    *DRIVER_DISCONNECT_ERRORS,
-)
 
 # The request-path statements run on the pooled connection's asyncpg driver directly: one
 # round trip each, without a result-processing layer (see docs/benchmarks.md for why).
