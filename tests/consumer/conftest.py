@@ -65,7 +65,7 @@ def worker_process(
     """Start ``biz2bricks-consumer`` processes on this test's subscription; killed at teardown."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(*args: str, **env: str) -> subprocess.Popen[str]:
+    def start(*args: str, module: str = "biz2bricks_consumer", **env: str) -> subprocess.Popen[str]:
         environment = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -78,7 +78,7 @@ def worker_process(
             **env,
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "biz2bricks_consumer", "--health-port", "0", *args],
+            [sys.executable, "-m", module, "--health-port", "0", *args],
             env=environment,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

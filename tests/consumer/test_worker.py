@@ -17,6 +17,7 @@ from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import Worker
 from biz2bricks_core import DatabaseConfig, DatabaseManager
 from biz2bricks_core.localservices import find_free_port
+from tests.consumer import crashing_consumer
 from tests.consumer.conftest import stopped_summary
 from tests.factories import assert_counter_derivable, event_count, make_event, provisioned_org
 from tests.tcp_proxy import TcpProxy
@@ -179,8 +180,8 @@ async def test_a_crash_between_commit_and_ack_changes_nothing_on_redelivery(
     # Given a worker process that dies right after its first commit, before acking
     org = await provisioned_org(db)
     await asyncio.to_thread(publish, [make_event(org) for _ in range(400)])
-    crashed = worker_process(CONSUMER_FAULT="exit_after_commit")
-    assert await asyncio.to_thread(crashed.wait, 60) == 86
+    crashed = worker_process(module="tests.consumer.crashing_consumer")
+    assert await asyncio.to_thread(crashed.wait, 60) == crashing_consumer.EXIT_CODE
     committed = await event_count(db, org)
     assert committed > 0
     tokens_after_crash = await assert_counter_derivable(db, org)

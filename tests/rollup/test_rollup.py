@@ -255,10 +255,12 @@ async def test_serve_runs_for_a_valid_token_and_refuses_anything_else(
         except urllib.error.HTTPError as error:
             return error.code, error.read()
 
-    assert (await asyncio.to_thread(post, None))[0] == 401
-    assert (await asyncio.to_thread(post, "wrong"))[0] == 401
-    status, body = await asyncio.to_thread(post, "s3cret-token")
-    await server.close()
+    try:
+        assert (await asyncio.to_thread(post, None))[0] == 401
+        assert (await asyncio.to_thread(post, "wrong"))[0] == 401
+        status, body = await asyncio.to_thread(post, "s3cret-token")
+    finally:
+        await server.close()
     assert status == 200
     assert "days" in json.loads(body)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -12,10 +13,11 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
+from biz2bricks_consumer.errors import WorkerFailed
 from biz2bricks_consumer.health import HealthServer
 from biz2bricks_consumer.pubsub import PubSubSource, ensure_topic_and_subscription
 from biz2bricks_consumer.settings import ConsumerSettings
-from biz2bricks_consumer.worker import Worker, tune_gc
+from biz2bricks_consumer.worker import CommitHook, Worker, tune_gc
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
@@ -52,9 +54,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def run_worker(settings: ConsumerSettings, db: DatabaseManager) -> int:
+async def run_worker(
+    settings: ConsumerSettings, db: DatabaseManager, *, on_committed: CommitHook | None = None
+) -> int:
     """Run the worker with signal handling and the health server; return the exit code."""
     source = PubSubSource(settings)
+    worker = Worker(settings, db, source, on_committed=on_committed)
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.error("consumer.second_signal_exit_now", extra={"signal": signum})
+            os._exit(1)
+        worker.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        code = await _check_subscription(source, settings)
+        if code != 0 or worker.stopping:
+            return code
+        health = HealthServer(
+            worker.metrics,
+            {
+                "database": worker.check_database,
+                "pubsub": source.check,
+                "pulling": worker.check_pulling,
+            },
+            settings.health_host,
+            settings.health_port,
+        )
+        await health.start()
+        try:
+            await worker.run()
+        except WorkerFailed as error:
+            log.error("consumer.failed", extra={"error": str(error)})
+            return 1
+        finally:
+            await health.close()
+        return 0
+    finally:
+        source.close()
+        with contextlib.suppress(Exception):  # a pool on an unreachable server: do not hang
+            await asyncio.wait_for(db.dispose(), timeout=1.0)
+
+
+async def _check_subscription(source: PubSubSource, settings: ConsumerSettings) -> int:
+    """0 when the subscription can be read; else log what is missing and return 2."""
     try:
         await source.check()
     except gexc.NotFound:
@@ -77,38 +126,11 @@ async def run_worker(settings: ConsumerSettings, db: DatabaseManager) -> int:
             },
         )
         return 2
-    worker = Worker(settings, db, source)
-    health = HealthServer(
-        worker.metrics,
-        {"database": worker.check_database, "pubsub": source.check},
-        settings.health_host,
-        settings.health_port,
-    )
-    await health.start()
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.error("consumer.second_signal_exit_now", extra={"signal": signum})
-            os._exit(1)
-        worker.stop()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        await worker.run()
-    finally:
-        await health.close()
-        source.close()
-        await db.dispose()
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point."""
+def main(argv: list[str] | None = None, *, on_committed: CommitHook | None = None) -> int:
+    """Console-script entry point (``on_committed``: see Worker; tests inject faults there)."""
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     overrides: dict[str, Any] = {}
@@ -127,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"biz2bricks-consumer: {error}", file=sys.stderr)
         return 2
     tune_gc()
-    return asyncio.run(run_worker(settings, db))
+    return asyncio.run(run_worker(settings, db, on_committed=on_committed))
 
 
 if __name__ == "__main__":

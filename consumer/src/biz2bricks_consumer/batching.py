@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from biz2bricks_core.errors import InvalidEventError
-from biz2bricks_core.events import UsageEvent, decode_event
+from biz2bricks_core.events import MAX_BODY_BYTES, UsageEvent, decode_event, storable_text
+
+CONFLICTING_DUPLICATE = "conflicting_duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,42 +33,107 @@ class InboundMessage:
         return datetime.fromtimestamp(self.publish_time_s, UTC)
 
 
+def claimed_organization(message: InboundMessage) -> uuid.UUID | None:
+    """The organization a message names (attribute first, else body), if valid; never raises.
+
+    The body may be anything a client sent: invalid UTF-8, JSON nested thousands deep
+    (RecursionError), a non-object, a huge string.
+    """
+    value: object = message.attributes.get("organization_id")
+    if value is None and len(message.data) <= MAX_BODY_BYTES:
+        try:
+            body = json.loads(message.data)
+        except (ValueError, RecursionError):
+            return None
+        value = body.get("organization_id") if isinstance(body, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def storable_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
+    """A message's attributes as jsonb can hold them (no NUL; see ``storable_text``)."""
+    return {storable_text(k): storable_text(v) for k, v in attributes.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """A message that cannot become an event, with why."""
+    """A message that cannot become an event, with why. Building one never raises.
+
+    The reason is made storable here, and the claimed organization is read once, at
+    construction, so writing the reject cannot fail on either.
+    """
 
     message: InboundMessage
     reason_code: str
     reason: str
+    organization_id: uuid.UUID | None = field(init=False)
 
-    @property
-    def organization_id(self) -> uuid.UUID | None:
-        """The organization the message claims, when it names a valid one."""
-        value = self.message.attributes.get("organization_id")
-        if value is None:
-            try:
-                value = json.loads(self.message.data).get("organization_id")
-            except (ValueError, AttributeError, UnicodeDecodeError):
-                return None
-        try:
-            return uuid.UUID(str(value))
-        except ValueError:
-            return None
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", storable_text(self.reason))
+        object.__setattr__(self, "organization_id", claimed_organization(self.message))
 
 
 @dataclass
 class Batch:
-    """Valid events (first copy of each event_id), rejects, and every ack_id to settle."""
+    """Valid events (first copy of each event_id), rejects, and silent in-batch duplicates."""
 
     events: list[UsageEvent] = field(default_factory=list)
     sources: list[InboundMessage] = field(default_factory=list)  # the message of each event
     rejects: list[Reject] = field(default_factory=list)
-    ack_ids: list[str] = field(default_factory=list)
-    duplicates_in_batch: int = 0
+    duplicates: list[InboundMessage] = field(default_factory=list)  # identical repeats
     oldest_publish_time_s: float | None = None
 
+    @property
+    def messages(self) -> list[InboundMessage]:
+        """Every message this batch settles."""
+        return [*self.sources, *(r.message for r in self.rejects), *self.duplicates]
+
+    @property
+    def ack_ids(self) -> list[str]:
+        """The ack id of every message this batch settles."""
+        return [m.ack_id for m in self.messages]
+
+    @property
+    def duplicates_in_batch(self) -> int:
+        """Identical repeats of an event earlier in the batch."""
+        return len(self.duplicates)
+
+    @property
+    def rows(self) -> int:
+        """Rows this batch writes (events and rejects): what isolation bisects."""
+        return len(self.events) + len(self.rejects)
+
     def __len__(self) -> int:
-        return len(self.ack_ids)
+        return len(self.sources) + len(self.rejects) + len(self.duplicates)
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """Two batches with half the rows each (duplicates ride with the first); rows >= 2."""
+        if len(self.events) >= 2:
+            mid = len(self.events) // 2
+            first = Batch(self.events[:mid], self.sources[:mid], [], self.duplicates)
+            second = Batch(self.events[mid:], self.sources[mid:], self.rejects, [])
+        elif self.events:
+            first = Batch(self.events, self.sources, [], self.duplicates)
+            second = Batch(rejects=self.rejects)
+        else:
+            mid = len(self.rejects) // 2
+            first = Batch(rejects=self.rejects[:mid], duplicates=self.duplicates)
+            second = Batch(rejects=self.rejects[mid:])
+        first.oldest_publish_time_s = second.oldest_publish_time_s = self.oldest_publish_time_s
+        return first, second
+
+    def refused(self, reason_code: str, reason: str) -> Batch:
+        """This batch with every event turned into a reject (the database refused it)."""
+        rejects = [Reject(m, reason_code, reason) for m in self.sources]
+        return Batch(
+            rejects=[*self.rejects, *rejects],
+            duplicates=self.duplicates,
+            oldest_publish_time_s=self.oldest_publish_time_s,
+        )
 
 
 def reason_code(reason: str) -> str:
@@ -75,14 +142,41 @@ def reason_code(reason: str) -> str:
     return head if head.isidentifier() and len(head) <= 32 else "invalid"
 
 
+def conflict_reason(stored: Mapping[str, object], received: UsageEvent) -> str | None:
+    """Why ``received`` conflicts with the stored version of its event_id, or None if equal.
+
+    Compares the fields both sides have; names each differing field with both values.
+    """
+    differences = []
+    for name in UsageEvent.model_fields:
+        if name not in stored:
+            continue
+        before, after = stored[name], getattr(received, name)
+        if before != after:
+            differences.append(f"{name}: stored {_short(before)}, received {_short(after)}")
+    if not differences:
+        return None
+    return f"event_id: {received.event_id} already stored with other content; " + "; ".join(
+        differences
+    )
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def build_batch(messages: Iterable[InboundMessage], *, now: datetime | None = None) -> Batch:
-    """Decode every message; invalid ones become rejects, repeated event_ids are dropped."""
+    """Decode every message; invalid ones become rejects, repeated event_ids are dropped.
+
+    A repeat with the same content is a silent duplicate; one with other content is kept as
+    a ``conflicting_duplicate`` reject.
+    """
     batch = Batch()
-    seen: set[uuid.UUID] = set()
+    seen: dict[uuid.UUID, UsageEvent] = {}
     now = now if now is not None else datetime.now(UTC)  # once per batch, not per message
     oldest: float | None = None
     for message in messages:
-        batch.ack_ids.append(message.ack_id)
         published = message.publish_time_s
         if published is not None and (oldest is None or published < oldest):
             oldest = published
@@ -91,10 +185,15 @@ def build_batch(messages: Iterable[InboundMessage], *, now: datetime | None = No
         except InvalidEventError as error:
             batch.rejects.append(Reject(message, reason_code(error.reason), error.reason))
             continue
-        if event.event_id in seen:
-            batch.duplicates_in_batch += 1
+        first = seen.get(event.event_id)
+        if first is not None:
+            conflict = conflict_reason(dict(first), event)
+            if conflict is None:
+                batch.duplicates.append(message)
+            else:
+                batch.rejects.append(Reject(message, CONFLICTING_DUPLICATE, conflict))
             continue
-        seen.add(event.event_id)
+        seen[event.event_id] = event
         batch.events.append(event)
         batch.sources.append(message)
     batch.oldest_publish_time_s = oldest

@@ -19,6 +19,22 @@ class ConsumerMetrics:
         self.rejects = Counter(
             "usage_consumer_rejects", "Messages rejected", ["reason"], registry=r
         )
+        self.conflicting_duplicates = Counter(
+            "usage_consumer_conflicting_duplicates",
+            "Messages reusing a stored event_id with other content (kept as rejects)",
+            registry=r,
+        )
+        self.isolated = Counter(
+            "usage_consumer_isolated",
+            "Messages the database refused, found by bisecting their batch (kept as rejects)",
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            "usage_consumer_task_restarts",
+            "Long-running worker tasks restarted after dying",
+            ["task"],
+            registry=r,
+        )
         self.acked = Counter("usage_consumer_messages_acked", "Messages acked", registry=r)
         self.commit_retries = Counter(
             "usage_consumer_commit_retries", "Batch commits retried", registry=r

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Sequence
 
+import grpc
 from google.api_core import exceptions as gexc
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.protobuf import duration_pb2
+from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 from google.pubsub_v1.types import (
     AcknowledgeRequest,
     DeadLetterPolicy,
@@ -35,6 +38,22 @@ from biz2bricks_consumer.settings import ConsumerSettings
 log = logging.getLogger(__name__)
 
 ACK_CHUNK = 1000  # ack_ids per acknowledge/modifyAckDeadline request, well under the size cap
+# A pull response carries up to Pub/Sub's 10 MB per message plus its envelope. gRPC's default
+# receive limit (4 MiB) would fail every pull that brings a big message, forever, and with it
+# the messages next to it. (The production transport already sets no limit; the emulator's
+# plain channel does not.)
+MAX_RECEIVE_BYTES = 11 * 1024 * 1024
+
+
+def subscriber_client() -> SubscriberClient:
+    """A SubscriberClient whose channel accepts the largest message Pub/Sub delivers."""
+    emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not emulator:
+        return SubscriberClient()
+    channel = grpc.insecure_channel(
+        emulator, options=[("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+    )
+    return SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
 
 class PubSubSource:
@@ -43,7 +62,7 @@ class PubSubSource:
     def __init__(self, settings: ConsumerSettings) -> None:
         self._settings = settings
         self._path = settings.subscription_path
-        self._client = SubscriberClient()
+        self._client = subscriber_client()
 
     def _pull_sync(self, max_messages: int) -> list[InboundMessage]:
         try:

@@ -51,8 +51,6 @@ class ConsumerSettings(Settings):
     health_host: str = Field(default="0.0.0.0", validation_alias="CONSUMER_HEALTH_HOST")
     health_port: int = Field(default=8080, ge=0, le=65535, validation_alias="PORT")
     exit_when_idle_s: float | None = Field(default=None, validation_alias="CONSUMER_EXIT_WHEN_IDLE")
-    # Test hook: "exit_after_commit" kills the process between commit and ack.
-    fault: str | None = Field(default=None, validation_alias="CONSUMER_FAULT")
 
     @model_validator(mode="after")
     def _need_project(self) -> ConsumerSettings:

@@ -1,8 +1,10 @@
-"""The worker loop: pull ahead, write one transaction per batch, ack after commit.
+"""The worker: supervised pull loops feed batch loops that write and settle each batch.
 
-One place decides what happens to a batch's messages (``_settle``): committed -> ack; not
-committed -> no ack (the lease is released or lapses and Pub/Sub redelivers). Stopping never
-cancels a batch mid-commit: the loop finishes the batch in hand, then exits.
+One place (``Worker._settle``) maps what became of a batch to what happens to its messages:
+committed -> ack; retry -> keep them leased and back off; isolate (the database refused the
+content) -> bisect until the refused messages are alone, store them as rejects, write the
+rest; abandon -> release (nack). Stopping never acks what is not committed, and the worker
+returns within the shutdown grace whatever state it is in.
 """
 
 from __future__ import annotations
@@ -11,36 +13,39 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable
 
 from sqlalchemy import text
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from biz2bricks_consumer.batching import Batch, InboundMessage, build_batch
+from biz2bricks_consumer.buffer import PullBuffer
 from biz2bricks_consumer.errors import (
-    RETRYABLE_PUBSUB_ERRORS,
     BatchAbandoned,
-    is_retryable_db_error,
+    Outcome,
+    WorkerFailed,
+    classify_db_error,
+    describe_db_error,
 )
-from biz2bricks_consumer.leases import LeaseKeeper
+from biz2bricks_consumer.inflight import InFlight
 from biz2bricks_consumer.metrics import ConsumerMetrics
 from biz2bricks_consumer.pricing_cache import PricingCache
 from biz2bricks_consumer.pubsub import PubSubSource
+from biz2bricks_consumer.retry import DatabaseRetry
 from biz2bricks_consumer.settings import ConsumerSettings
+from biz2bricks_consumer.supervision import Supervisor
 from biz2bricks_consumer.writer import BatchWriter, WriteResult
 from biz2bricks_core.database import DatabaseManager
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-FAULT_EXIT_AFTER_COMMIT = "exit_after_commit"
 # Container allocations between young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
+DATABASE_REFUSED = "database_refused"
+# Time kept back from the grace for releasing, closing and exiting after the loops stopped.
+SHUTDOWN_RESERVE_S = 0.5
+
+CommitHook = Callable[[Batch], None]
 
 
 def tune_gc() -> None:
@@ -60,7 +65,10 @@ def tune_gc() -> None:
 
 
 class Worker:
-    """Consumes the usage subscription until asked to stop (or idle, if configured)."""
+    """Consumes the usage subscription until asked to stop (or idle, if configured).
+
+    ``on_committed`` is called after each commit and before its ack (tests inject faults here).
+    """
 
     def __init__(
         self,
@@ -68,6 +76,8 @@ class Worker:
         db: DatabaseManager,
         source: PubSubSource | None = None,
         metrics: ConsumerMetrics | None = None,
+        *,
+        on_committed: CommitHook | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -75,19 +85,19 @@ class Worker:
         self.metrics = metrics if metrics is not None else ConsumerMetrics()
         self.pricing = PricingCache(db, settings.pricing_refresh_s)
         self.writer = BatchWriter(db, self.pricing.get)
-        self.leases = LeaseKeeper(self.source, settings.ack_deadline_s)
-        # Pulled-but-unwritten messages, bounded by count: pullers wait while it is full.
-        self._queue: asyncio.Queue[list[InboundMessage]] = asyncio.Queue()
-        self._buffered = 0
-        self._buffer_max = 2 * settings.batch_max_messages
-        self._buffer_space = asyncio.Condition()
-        self._assembling = asyncio.Lock()
+        self.retry = DatabaseRetry(settings, self.metrics)
+        self.inflight = InFlight(self.source, settings.ack_deadline_s, self.metrics)
         self._stopping = asyncio.Event()
-        self._database_ok = asyncio.Event()
-        self._database_ok.set()
-        self._acks: set[asyncio.Task[None]] = set()
-        self._last_activity = time.monotonic()
-        self._stop_deadline: float | None = None
+        self.buffer = PullBuffer(
+            settings,
+            self.source,
+            self.inflight,
+            self.metrics,
+            database_ok=self.retry.database_ok,
+            stopping=self._stopping,
+        )
+        self.supervisor = Supervisor(self.metrics, self._stopping)
+        self._on_committed = on_committed
 
     @property
     def stopping(self) -> bool:
@@ -98,36 +108,78 @@ class Worker:
         """Stop pulling; finish the batch in hand within the grace period, then return."""
         if not self._stopping.is_set():
             log.info("consumer.stopping", extra={"grace_s": self.settings.shutdown_grace_s})
-            self._stop_deadline = time.monotonic() + self.settings.shutdown_grace_s
+            self.retry.begin_stop(
+                time.monotonic() + self.settings.shutdown_grace_s - SHUTDOWN_RESERVE_S
+            )
             self._stopping.set()
 
     async def run(self) -> None:
-        """Run until stopped; pending acks are flushed and unwritten messages released."""
-        await self._retry_db(self.pricing.refresh_if_due)
-        pullers = [
-            asyncio.create_task(self._pull_loop(), name=f"pull-{i}")
-            for i in range(self.settings.pull_concurrency)
-        ]
-        keeper = asyncio.create_task(self.leases.run(), name="leases")
+        """Run until stopped or idle; raise WorkerFailed if a task keeps dying.
+
+        Once stopped, returns within the shutdown grace: whatever is still running when the
+        grace ends (a commit waiting on an unreachable database) is cancelled, unacked.
+        """
+        main = asyncio.create_task(self._main(), name="worker-main")
         try:
-            await asyncio.gather(
-                *(self._batch_loop() for _ in range(self.settings.write_concurrency))
-            )
+            while not main.done():
+                grace = self.retry.remaining_grace_s()
+                if grace is not None and grace <= 0:
+                    log.warning("consumer.grace_over", extra={"abandoned": "batch in hand"})
+                    main.cancel()
+                    break
+                await asyncio.wait([main], timeout=0.1)
         finally:
             self._stopping.set()
-            async with self._buffer_space:
-                self._buffer_space.notify_all()
-            # A pull already sent cannot be cancelled (it runs in a thread); wait for it so
-            # that what it brings back is released now instead of held until its lease lapses.
-            _, late = await asyncio.wait(pullers, timeout=self.settings.pull_timeout_s + 5)
-            for puller in late:
-                puller.cancel()
-            await self._drain_acks()
-            await self._release_unwritten()
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            log.info("consumer.stopped", extra=self.summary())
+            await self._shutdown()
+            if not main.done():
+                main.cancel()
+        if not main.cancelled() and main.exception() is not None:
+            raise main.exception()  # type: ignore[misc]
+        if self.supervisor.failure is not None:
+            raise WorkerFailed(f"a worker task kept dying: {self.supervisor.failure!r}")
+
+    async def _main(self) -> None:
+        with contextlib.suppress(BatchAbandoned):  # every batch loads prices too
+            await self.retry.call(self.pricing.refresh_if_due)
+        if self.stopping:
+            return
+        sup = self.supervisor
+        for i in range(self.settings.pull_concurrency):
+            sup.start(f"pull-{i}", self.buffer.pull_loop)
+        sup.start("leases", self.inflight.keep_leases)
+        writers = [
+            sup.start(f"batch-{i}", self._batch_loop)
+            for i in range(self.settings.write_concurrency)
+        ]
+        done = asyncio.create_task(self._writers_done(writers))
+        failed = asyncio.create_task(sup.failed.wait())
+        try:
+            await asyncio.wait([done, failed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            failed.cancel()
+
+    @staticmethod
+    async def _writers_done(writers: list[asyncio.Task[None]]) -> None:
+        await asyncio.wait(writers)
+
+    async def _shutdown(self) -> None:
+        """Stop every task, release what was not committed; bounded by the grace."""
+        await self.buffer.wake()
+        grace = self.retry.remaining_grace_s()
+        budget_s = self.settings.shutdown_grace_s if grace is None else grace
+        # A pull already sent cannot be cancelled (it runs in a thread): let it return so that
+        # what it brings back is released now instead of held until its lease lapses.
+        await self.supervisor.wait("pull", min(budget_s, self.settings.pull_timeout_s + 0.5))
+        await self.inflight.drain(budget_s)
+        await self.supervisor.cancel_all(timeout_s=1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._release_unwritten(), timeout=SHUTDOWN_RESERVE_S)
+        log.info("consumer.stopped", extra=self.summary())
+
+    async def _release_unwritten(self) -> None:
+        self.buffer.take_unwritten()
+        await self.inflight.release_all()
 
     async def _batch_loop(self) -> None:
         """Take pulled messages and write them as batches until stopped or idle.
@@ -137,14 +189,23 @@ class Worker:
         while their decoding overlaps the other's commit.
         """
         while True:
-            messages = await self._next_messages()
+            messages = await self.buffer.next_messages()
             if messages is None:
                 if self.stopping or self._idle_expired():
                     return
-                if not self._database_ok.is_set():
-                    await self._wait_for_database()
+                if not self.retry.database_ok.is_set():
+                    with contextlib.suppress(BatchAbandoned):
+                        await self.retry.call(self.check_database)
                 continue
             await self._process(messages)
+
+    def _idle_expired(self) -> bool:
+        idle_s = self.settings.exit_when_idle_s
+        return (
+            idle_s is not None
+            and self.buffer.empty()
+            and time.monotonic() - self.buffer.last_activity >= idle_s
+        )
 
     def summary(self) -> dict[str, float]:
         """Counters of this run."""
@@ -153,211 +214,126 @@ class Worker:
             "pulled": m.value("usage_consumer_messages_pulled_total"),
             "inserted": m.value("usage_consumer_events_inserted_total"),
             "duplicates": m.value("usage_consumer_duplicates_total"),
+            "conflicting_duplicates": m.value("usage_consumer_conflicting_duplicates_total"),
+            "isolated": m.value("usage_consumer_isolated_total"),
             "acked": m.value("usage_consumer_messages_acked_total"),
             "commit_retries": m.value("usage_consumer_commit_retries_total"),
         }
-
-    def _idle_expired(self) -> bool:
-        idle_s = self.settings.exit_when_idle_s
-        return (
-            idle_s is not None
-            and self._queue.empty()
-            and time.monotonic() - self._last_activity >= idle_s
-        )
-
-    async def _next_messages(self) -> list[InboundMessage] | None:
-        """Messages for the next batch, or None after a quarter second with nothing pulled.
-
-        Batches are assembled one at a time (while others are being written): from the first
-        pulled response, waiting up to ``batch_linger_s`` for more until ``batch_max_messages``.
-        Under a backlog that fills whole batches: fewer transactions, acks and counter updates.
-        """
-        async with self._assembling:
-            return await self._assemble()
-
-    async def _assemble(self) -> list[InboundMessage] | None:
-        try:
-            first = await asyncio.wait_for(self._queue.get(), timeout=0.25)
-        except TimeoutError:
-            return None
-        messages = list(first)
-        linger_until = time.monotonic() + self.settings.batch_linger_s
-        while len(messages) < self.settings.batch_max_messages:
-            if not self._queue.empty():
-                messages.extend(self._queue.get_nowait())
-                continue
-            remaining = linger_until - time.monotonic()
-            if remaining <= 0 or self.stopping:
-                break
-            try:
-                messages.extend(await asyncio.wait_for(self._queue.get(), timeout=remaining))
-            except TimeoutError:
-                break
-        async with self._buffer_space:
-            self._buffered -= len(messages)
-            self._buffer_space.notify_all()
-        return messages
-
-    async def _pull_loop(self) -> None:
-        idle_sleep_s, error_sleep_s = 0.05, 0.5
-        while not self.stopping:
-            await self._database_ok.wait()  # no pulling while the database is down
-            async with self._buffer_space:
-                await self._buffer_space.wait_for(
-                    lambda: self._buffered < self._buffer_max or self.stopping
-                )
-            if self.stopping:
-                return
-            try:
-                messages = await self.source.pull(self.settings.pull_max_messages)
-            except RETRYABLE_PUBSUB_ERRORS as error:
-                log.warning("consumer.pull_failed", extra={"error": str(error)})
-                await asyncio.sleep(error_sleep_s)
-                error_sleep_s = min(error_sleep_s * 2, 10.0)
-                continue
-            error_sleep_s = 0.5
-            if not messages:
-                await asyncio.sleep(idle_sleep_s)
-                idle_sleep_s = min(idle_sleep_s * 2, 1.0)
-                continue
-            if self.stopping:
-                with contextlib.suppress(*RETRYABLE_PUBSUB_ERRORS):
-                    await self.source.release([m.ack_id for m in messages])
-                return
-            idle_sleep_s = 0.05
-            self._last_activity = time.monotonic()
-            self.metrics.pulled.inc(len(messages))
-            self.leases.hold(m.ack_id for m in messages)
-            self._buffered += len(messages)
-            self._queue.put_nowait(messages)
 
     async def _process(self, messages: list[InboundMessage]) -> None:
         started = time.monotonic()
         batch = build_batch(messages)
         try:
-            result = await self._retry_db(self._write, batch)
-        except BatchAbandoned:
-            log.warning("consumer.batch_abandoned", extra={"messages": len(batch)})
-            await self._settle(batch, None)
-            return
+            await self._commit(batch)
+        except BaseException:
+            # A bug (or cancellation at the end of the grace): hand the batch back, unacked.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.inflight.release(batch.messages))
+            raise
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         self.metrics.batch_size.observe(len(batch))
         if batch.oldest_publish_time_s is not None:
             self.metrics.oldest_message_age.set(max(time.time() - batch.oldest_publish_time_s, 0))
-        if self.settings.fault == FAULT_EXIT_AFTER_COMMIT:
-            log.error("consumer.fault_injected", extra={"fault": FAULT_EXIT_AFTER_COMMIT})
-            os._exit(86)
-        await self._settle(batch, result)
-        self._last_activity = time.monotonic()
+        self.buffer.last_activity = time.monotonic()
 
-    async def _wait_for_database(self) -> None:
-        """After an abandoned batch: probe until the database answers, then resume pulling."""
-        with contextlib.suppress(BatchAbandoned):
-            await self._retry_db(self.check_database)
+    async def _commit(self, batch: Batch) -> None:
+        """Attempt the batch until its outcome is settled."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            outcome, result, error = await self._attempt(batch)
+            if await self._settle(batch, outcome, result, error, attempt, started):
+                return
+
+    async def _attempt(
+        self, batch: Batch
+    ) -> tuple[Outcome, WriteResult | None, BaseException | None]:
+        grace = self.retry.remaining_grace_s()
+        if grace is not None and grace <= 0:
+            return Outcome.ABANDON, None, None
+        try:
+            await self.pricing.refresh_if_due()
+            result = await self.writer.write(batch)
+        except Exception as error:
+            outcome = classify_db_error(error)
+            if outcome is None:
+                raise  # neither retryable nor a refusal of the content: a bug to surface
+            return outcome, None, error
+        return Outcome.COMMITTED, result, None
+
+    async def _settle(
+        self,
+        batch: Batch,
+        outcome: Outcome,
+        result: WriteResult | None,
+        error: BaseException | None,
+        attempt: int,
+        started: float,
+    ) -> bool:
+        """The one place that decides ack, nack or reject; False means "attempt again"."""
+        if outcome is Outcome.COMMITTED:
+            assert result is not None
+            self.retry.succeeded()
+            self._count(result)
+            if self._on_committed is not None:
+                self._on_committed(batch)
+            await self.inflight.ack(batch.messages)
+        elif outcome is Outcome.RETRY:
+            assert error is not None
+            self.retry.failed(attempt, error)
+            if await self.retry.backoff(attempt, started):
+                return False
+            log.warning("consumer.batch_abandoned", extra={"messages": len(batch)})
+            await self.inflight.release(batch.messages)
+        elif outcome is Outcome.ISOLATE:
+            assert error is not None
+            await self._isolate(batch, error)
+        else:
+            log.warning("consumer.batch_abandoned", extra={"messages": len(batch)})
+            await self.inflight.release(batch.messages)
+        return True
+
+    async def _isolate(self, batch: Batch, error: BaseException) -> None:
+        """Bisect a batch the database refused; a lone refused event becomes a reject."""
+        if batch.rows >= 2:
+            for half in batch.halves():
+                await self._commit(half)
+        elif batch.events:
+            reason = describe_db_error(error)
+            log.warning(
+                "consumer.event_refused",
+                extra={"message_id": batch.sources[0].message_id, "reason": reason},
+            )
+            self.metrics.isolated.inc()
+            await self._commit(batch.refused(DATABASE_REFUSED, reason))
+        else:
+            # Even the reject row was refused: nothing can be stored, so hand it back (the
+            # subscription's dead-letter policy ends the loop) and say so loudly.
+            log.error(
+                "consumer.reject_unstorable",
+                extra={"messages": len(batch), "error": describe_db_error(error)},
+            )
+            await self.inflight.release(batch.messages)
+
+    def _count(self, result: WriteResult) -> None:
+        self.metrics.inserted.inc(result.inserted)
+        self.metrics.duplicates.inc(result.duplicates)
+        self.metrics.conflicting_duplicates.inc(result.conflicts)
+        for reject in result.rejected:
+            self.metrics.rejects.labels(reason=reject.reason_code).inc()
+            log.warning(
+                "consumer.rejected",
+                extra={"message_id": reject.message.message_id, "reason": reject.reason[:500]},
+            )
 
     async def check_database(self) -> None:
         """Raise unless the database answers `SELECT 1` (readiness, and probing after outages)."""
         async with self.db.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    async def _write(self, batch: Batch) -> WriteResult:
-        await self.pricing.refresh_if_due()
-        return await self.writer.write(batch)
-
-    async def _settle(self, batch: Batch, result: WriteResult | None) -> None:
-        """The one place that decides: committed -> ack all; not committed -> release all."""
-        if result is None:
-            self.leases.drop(batch.ack_ids)
-            with contextlib.suppress(*RETRYABLE_PUBSUB_ERRORS):
-                await self.source.release(batch.ack_ids)
-            return
-        self.metrics.inserted.inc(result.inserted)
-        self.metrics.duplicates.inc(result.duplicates)
-        for reject in result.rejected:
-            self.metrics.rejects.labels(reason=reject.reason_code).inc()
-            log.warning(
-                "consumer.rejected",
-                extra={"message_id": reject.message.message_id, "reason": reject.reason},
-            )
-        task = asyncio.create_task(self._ack(batch.ack_ids))
-        self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
-        if len(self._acks) > 2:
-            await asyncio.wait(set(self._acks), return_when=asyncio.FIRST_COMPLETED)
-
-    async def _ack(self, ack_ids: list[str]) -> None:
-        try:
-            await self.source.ack(ack_ids)
-        except RETRYABLE_PUBSUB_ERRORS as error:
-            # Committed already: a redelivery inserts nothing, so this costs only a retry.
-            log.warning(
-                "consumer.ack_failed", extra={"messages": len(ack_ids), "error": str(error)}
-            )
-        else:
-            self.metrics.acked.inc(len(ack_ids))
-        finally:
-            self.leases.drop(ack_ids)
-
-    async def _drain_acks(self) -> None:
-        if self._acks:
-            await asyncio.wait(set(self._acks), timeout=self.settings.shutdown_grace_s)
-
-    async def _release_unwritten(self) -> None:
-        leftover: list[str] = []
-        while not self._queue.empty():
-            leftover.extend(m.ack_id for m in self._queue.get_nowait())
-        if leftover:
-            self.leases.drop(leftover)
-            with contextlib.suppress(*RETRYABLE_PUBSUB_ERRORS):
-                await self.source.release(leftover)
-
-    async def _retry_db(
-        self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Call ``func`` until it succeeds, backing off while the database is unreachable.
-
-        Pulling pauses while this retries. Gives up with BatchAbandoned once stopping and
-        past the grace deadline, or after ``commit_retry_max_s``.
-        """
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(is_retryable_db_error),
-            wait=wait_exponential_jitter(
-                multiplier=self.settings.retry_initial_s,
-                max=self.settings.retry_max_backoff_s,
-                jitter=self.settings.retry_initial_s,
-            ),
-            stop=self._give_up,
-            sleep=self._sleep_unless_stopped,
-            before_sleep=self._on_db_failure,
-            reraise=True,
-        )
-        result: T = await retrying(func, *args, **kwargs)
-        if not self._database_ok.is_set():
-            log.info("consumer.database_back")
-            self.metrics.database_up.set(1)
-            self._database_ok.set()
-        return result
-
-    def _give_up(self, state: RetryCallState) -> bool:
-        if state.seconds_since_start is not None and (
-            state.seconds_since_start >= self.settings.commit_retry_max_s
-        ):
-            raise BatchAbandoned("database unreachable for longer than the retry budget")
-        return False
-
-    def _on_db_failure(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        self._database_ok.clear()
-        self.metrics.database_up.set(0)
-        self.metrics.commit_retries.inc()
-        log.warning(
-            "consumer.database_unavailable",
-            extra={"attempt": state.attempt_number, "error": f"{type(error).__name__}: {error}"},
-        )
-
-    async def _sleep_unless_stopped(self, seconds: float) -> None:
-        if self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
-            raise BatchAbandoned("grace period over while the database is unreachable")
-        if self._stop_deadline is not None:
-            seconds = min(seconds, max(self._stop_deadline - time.monotonic(), 0.0))
-        await asyncio.sleep(seconds)
+    async def check_pulling(self) -> None:
+        """Raise unless a pull loop runs on an existing subscription (readiness)."""
+        if self.buffer.subscription_missing:
+            raise RuntimeError(f"subscription {self.settings.subscription_path} is missing")
+        if self.supervisor.alive("pull") == 0:
+            raise RuntimeError("no pull loop is running")

@@ -6,7 +6,10 @@
    actually inserted, adds tokens and cost to each organization's current period, rolling the
    period forward when an event is past ``period_end``. Redelivered events insert nothing and
    so change nothing.
-3. Rejects are inserted in the same transaction. The caller acks only after the commit.
+3. When fewer rows were inserted than sent, the event_ids that were already stored (by an
+   earlier transaction) are compared with what arrived: other content under the same
+   event_id is a ``conflicting_duplicate`` reject, an identical redelivery stays silent.
+4. Rejects are inserted in the same transaction. The caller acks only after the commit.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from biz2bricks_consumer.batching import Batch, Reject
+from biz2bricks_consumer.batching import (
+    CONFLICTING_DUPLICATE,
+    Batch,
+    InboundMessage,
+    Reject,
+    conflict_reason,
+    storable_attributes,
+)
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.events import UsageEvent
 from biz2bricks_core.pricing import PriceBook
@@ -104,6 +114,13 @@ WHERE u.organization_id = s.organization_id
 RETURNING s.inserted
 """
 
+# Stored rows of a batch's event_ids that this transaction did not write itself (xmin is the
+# inserting transaction): the duplicates, with the content to compare against.
+STORED_DUPLICATES = (
+    "SELECT * FROM usage_events WHERE event_id = ANY($1::uuid[])"
+    " AND xmin <> pg_current_xact_id()::xid"
+)
+
 INSERT_REJECTS = (
     "INSERT INTO usage_event_rejects (organization_id, message_id, reason, reason_code,"
     " raw_data, attributes, delivery_attempt, published_at)"
@@ -123,6 +140,11 @@ class WriteResult:
     inserted: int
     duplicates: int
     rejected: list[Reject]
+
+    @property
+    def conflicts(self) -> int:
+        """Rejects that reuse a stored event_id with other content."""
+        return sum(1 for r in self.rejected if r.reason_code == CONFLICTING_DUPLICATE)
 
 
 def event_params(events: Sequence[UsageEvent], prices: PriceBook) -> tuple[str, list[int | None]]:
@@ -148,7 +170,7 @@ def reject_columns(rejects: Sequence[Reject]) -> tuple[list[Any], ...]:
         [r.reason for r in rejects],
         [r.reason_code for r in rejects],
         [r.message.data for r in rejects],
-        [json.dumps(dict(r.message.attributes)) for r in rejects],
+        [json.dumps(storable_attributes(r.message.attributes)) for r in rejects],
         [r.message.delivery_attempt for r in rejects],
         [r.message.publish_time for r in rejects],
     )
@@ -164,7 +186,7 @@ class BatchWriter:
     async def write(self, batch: Batch) -> WriteResult:
         """Commit the batch's events, counters and rejects together, or raise and change nothing."""
         events, rejects = batch.events, list(batch.rejects)
-        inserted = 0
+        inserted = conflicting = 0
         async with self._db.driver() as conn, conn.transaction():
             if events:
                 orgs = sorted({e.organization_id for e in events})
@@ -175,10 +197,41 @@ class BatchWriter:
                 if events:
                     rows = await conn.fetch(INSERT_AND_COUNT, *event_params(events, self._prices()))
                     inserted = sum(row[0] for row in rows)
+                if inserted < len(events):
+                    conflicts = await _conflicts(conn, events, sources_of(batch, events))
+                    rejects.extend(conflicts)
+                    conflicting = len(conflicts)
             if rejects:
                 await conn.execute(INSERT_REJECTS, *reject_columns(rejects))
-        duplicates = len(events) - inserted + batch.duplicates_in_batch
+        duplicates = len(events) - inserted - conflicting + batch.duplicates_in_batch
         return WriteResult(inserted=inserted, duplicates=duplicates, rejected=rejects)
+
+
+def sources_of(batch: Batch, events: Sequence[UsageEvent]) -> dict[uuid.UUID, InboundMessage]:
+    """The message each of ``events`` came from, by event_id."""
+    wanted = {e.event_id for e in events}
+    return {
+        e.event_id: m
+        for e, m in zip(batch.events, batch.sources, strict=True)
+        if e.event_id in wanted
+    }
+
+
+async def _conflicts(
+    conn: Any, events: Sequence[UsageEvent], sources: dict[uuid.UUID, InboundMessage]
+) -> list[Reject]:
+    """Rejects for events whose event_id is stored with other content (both versions named)."""
+    by_id = {e.event_id: e for e in events}
+    rejects = []
+    for row in await conn.fetch(STORED_DUPLICATES, list(by_id)):
+        stored = dict(row)
+        if isinstance(stored.get("metadata"), str):
+            stored["metadata"] = json.loads(stored["metadata"])
+        event = by_id[stored["event_id"]]
+        reason = conflict_reason(stored, event)
+        if reason is not None:
+            rejects.append(Reject(sources[event.event_id], CONFLICTING_DUPLICATE, reason))
+    return rejects
 
 
 def _split_unknown(batch: Batch, known: set[uuid.UUID]) -> tuple[list[UsageEvent], list[Reject]]:

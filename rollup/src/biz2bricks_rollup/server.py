@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from typing import Literal
 
+from aiohttp import web
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
-from biz2bricks_core.httpserver import HttpRequest, HttpResponse, HttpServer
 from biz2bricks_rollup.rollup import RollupBusyError, run_rollup
 
 log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024  # Cloud Scheduler sends an empty or tiny body
 
 
 class ServeSettings(Settings):
@@ -56,17 +57,38 @@ def _verify_oidc(token: str, audience: str, email: str | None) -> bool:
     return email is None or (claims.get("email") == email and claims.get("email_verified"))
 
 
-class RollupServer(HttpServer):
+class RollupServer:
     """POST / (or /run) triggers a rollup of the due days; GET /healthz answers liveness."""
 
     def __init__(self, db: DatabaseManager, settings: ServeSettings) -> None:
         settings.check()
-        super().__init__(self._route, settings.host, settings.port)
         self._db = db
         self._settings = settings
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_get("/healthz", self._alive)
+        app.router.add_post("/", self._run)
+        app.router.add_post("/run", self._run)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._site: web.TCPSite | None = None
 
-    async def _authorized(self, request: HttpRequest) -> bool:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        assert self._site is not None, "start() first"
+        return int(self._site.port)
+
+    async def start(self) -> None:
+        """Start listening."""
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
+        await self._site.start()
+
+    async def close(self) -> None:
+        """Stop listening."""
+        await self._runner.cleanup()
+
+    async def _authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False
         if self._settings.auth == "token":
@@ -78,19 +100,15 @@ class RollupServer(HttpServer):
             _verify_oidc, token, self._settings.oidc_audience or "", self._settings.oidc_email
         )
 
-    async def _route(self, request: HttpRequest) -> HttpResponse:
-        if request.path == "/healthz":
-            return HttpResponse(200, b'{"status":"alive"}')
-        if request.path not in ("/", "/run"):
-            return HttpResponse(404, b'{"error":"not found"}')
-        if request.method != "POST":
-            return HttpResponse(405, b'{"error":"use POST"}')
+    async def _alive(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _run(self, request: web.Request) -> web.Response:
         if not await self._authorized(request):
             log.warning("rollup.unauthorized_request")
-            return HttpResponse(401, b'{"error":"unauthorized"}')
+            return web.json_response({"error": "unauthorized"}, status=401)
         try:
             results = await run_rollup(self._db, wait=False)
         except RollupBusyError as error:
-            return HttpResponse(409, json.dumps({"error": str(error)}).encode())
-        body = {"days": [r.as_dict() for r in results]}
-        return HttpResponse(200, json.dumps(body).encode())
+            return web.json_response({"error": str(error)}, status=409)
+        return web.json_response({"days": [r.as_dict() for r in results]})

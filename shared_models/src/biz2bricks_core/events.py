@@ -28,12 +28,14 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_FUTURE_SKEW",
     "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
     "SCHEMA_VERSION",
     "UsageEvent",
     "check_rules",
     "decode_event",
     "encode_event",
     "event_attributes",
+    "storable_text",
     "validate_event",
 ]
 
@@ -42,6 +44,11 @@ SCHEMA_VERSION: Final = "1"
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_METADATA_BYTES: Final = 8 * 1024
 MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
+# Nesting levels of objects and arrays inside ``metadata``; the JSON parser itself refuses a
+# body nested deeper than ~200 levels, so nothing deeper ever reaches Python.
+MAX_METADATA_DEPTH: Final = 16
+# PostgreSQL text and jsonb cannot hold U+0000: an event carrying it would fail its batch.
+NUL: Final = "\x00"
 # One LLM call cannot plausibly use more; the cap keeps per-period sums far from bigint overflow.
 MAX_TOKENS_PER_EVENT: Final = 100_000_000
 
@@ -75,8 +82,11 @@ class UsageEvent(BaseModel):
 
     @field_validator("metadata")
     @classmethod
-    def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _metadata_storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
+            problem = _metadata_problem(value, 1)
+            if problem is not None:
+                raise ValueError(problem)
             size = len(json.dumps(value, separators=(",", ":"), default=str))
             if size > MAX_METADATA_BYTES:
                 raise ValueError(f"is {size} bytes serialized, over {MAX_METADATA_BYTES}")
@@ -88,12 +98,48 @@ class UsageEvent(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
+def _metadata_problem(value: Any, depth: int) -> str | None:
+    """Why a metadata value cannot be stored (too deep, a NUL character), or None."""
+    if depth > MAX_METADATA_DEPTH:
+        return f"nested deeper than {MAX_METADATA_DEPTH} levels"
+    if isinstance(value, str):
+        return "contains a NUL character" if NUL in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if NUL in key:
+                return "a key contains a NUL character"
+            if (problem := _metadata_problem(item, depth + 1)) is not None:
+                return problem
+    elif isinstance(value, list):
+        for item in value:
+            if (problem := _metadata_problem(item, depth + 1)) is not None:
+                return problem
+    return None
+
+
+def storable_text(value: str) -> str:
+    """``value`` as PostgreSQL text can hold it: NUL written as the escape ``\\u0000``, and
+    characters UTF-8 cannot encode (lone surrogates) as backslash escapes. Visible, never lost.
+    """
+    if NUL in value:
+        value = value.replace(NUL, "\\u0000")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
 def check_rules(event: UsageEvent, now: datetime | None = None) -> None:
     """The contract's rules across fields and against the clock (the model checks the shape).
 
     Kept out of the model's validators so that pydantic-core validates a message without
     calling back into Python: decoding is on the consumer's hot path.
     """
+    for name in ("provider", "model", "operation", "request_id"):
+        text = getattr(event, name)
+        if text is not None and NUL in text:
+            raise InvalidEventError(f"{name}: contains a NUL character, which cannot be stored")
     cached = event.cache_read_tokens + event.cache_write_tokens
     if cached > event.input_tokens:
         raise InvalidEventError(
@@ -116,7 +162,7 @@ def _reason(error: ValidationError) -> str:
         field = ".".join(str(p) for p in item["loc"]) or "body"
         message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{field}: {message}")
-    return "; ".join(parts)
+    return storable_text("; ".join(parts))
 
 
 def event_attributes(event: UsageEvent) -> dict[str, str]:
