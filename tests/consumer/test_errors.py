@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from biz2bricks_consumer.errors import is_retryable_db_error
+from biz2bricks_consumer.errors import Outcome, classify_db_error, is_retryable_db_error
 
 pgerr = asyncpg.exceptions
 
@@ -44,3 +44,26 @@ def test_connection_loss_and_transient_conflicts_are_retried(error: BaseExceptio
 )
 def test_bugs_and_schema_errors_are_not_retried(error: BaseException) -> None:
     assert not is_retryable_db_error(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pgerr.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00'),
+        pgerr.UntranslatableCharacterError("unsupported Unicode escape sequence"),
+        pgerr.NumericValueOutOfRangeError("value out of range"),
+        pgerr.CheckViolationError("violates check constraint"),
+        asyncpg.exceptions._base.DataError("invalid input for query argument $1"),
+        DBAPIError("INSERT", None, pgerr.UntranslatableCharacterError("unsupported escape")),
+    ],
+    ids=repr,
+)
+def test_refused_content_is_isolated_never_retried(error: BaseException) -> None:
+    # Retrying the same rows can never succeed: the batch is bisected instead.
+    assert not is_retryable_db_error(error)
+    assert classify_db_error(error) is Outcome.ISOLATE
+
+
+def test_a_dropped_connection_is_retried_and_a_bug_is_neither() -> None:
+    assert classify_db_error(ConnectionResetError()) is Outcome.RETRY
+    assert classify_db_error(pgerr.UndefinedTableError("no table")) is None

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -269,3 +270,51 @@ async def test_every_field_of_an_event_is_stored(db: DatabaseManager, writer: Ba
     assert row.occurred_at == event.occurred_at
     assert (row.input_tokens, row.output_tokens, row.cache_write_tokens) == (1000, 100, 10)
     assert row.pricing_id is not None
+
+
+async def reject_rows(db: DatabaseManager, reason_code: str, org: uuid.UUID) -> list[Any]:
+    async with db.engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT * FROM usage_event_rejects WHERE reason_code = :c"
+                " AND (organization_id = :o OR reason LIKE '%' || :s || '%')"
+            ),
+            {"c": reason_code, "o": org, "s": str(org)},
+        )
+        return list(result)
+
+
+async def test_a_stored_event_id_with_other_content_is_kept_as_a_conflicting_duplicate(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given a stored event
+    org, other_org = await provisioned_org(db), await provisioned_org(db)
+    stored = make_event(org, input_tokens=1000)
+    await writer.write(build_batch([message_for(stored)]))
+    # When a message reuses its event_id with other tokens and another organization
+    changed = stored.model_copy(update={"input_tokens": 7, "organization_id": other_org})
+    message = message_for(changed)
+    result = await writer.write(build_batch([message]))
+    # Then it is one reject naming both versions, the stored row and counters unchanged
+    assert (result.inserted, result.duplicates, result.conflicts) == (0, 0, 1)
+    [row] = await reject_rows(db, "conflicting_duplicate", other_org)
+    assert row.raw_data == message.data
+    assert row.organization_id == other_org
+    assert str(stored.event_id) in row.reason
+    assert "input_tokens: stored 1000, received 7" in row.reason
+    assert f"organization_id: stored UUID('{org}'), received UUID('{other_org}')" in row.reason
+    assert await event_count(db, org) == 1
+    assert await event_count(db, other_org) == 0
+    assert await assert_counter_derivable(db, org) == 1100
+    assert await assert_counter_derivable(db, other_org) == 0
+
+
+async def test_an_identical_redelivery_is_a_silent_duplicate(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    org = await provisioned_org(db)
+    event = make_event(org, metadata={"k": [1, 2.5, {"n": None}]}, operation="summarise")
+    await writer.write(build_batch([message_for(event)]))
+    result = await writer.write(build_batch([message_for(event), message_for(make_event(org))]))
+    assert (result.inserted, result.duplicates, result.conflicts) == (1, 1, 0)
+    assert await reject_rows(db, "conflicting_duplicate", org) == []

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from biz2bricks_core import InvalidEventError, UsageEvent, decode_event, encode_event
-from biz2bricks_core.events import MAX_BODY_BYTES, validate_event
+from biz2bricks_core.events import (
+    MAX_BODY_BYTES,
+    MAX_METADATA_DEPTH,
+    storable_text,
+    validate_event,
+)
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 ATTRS = {"event_type": "llm.tokens", "schema_version": "1"}
@@ -159,3 +164,65 @@ def test_importing_the_contract_does_not_import_sqlalchemy() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("field", ["provider", "model", "operation", "request_id"])
+def test_a_nul_character_in_a_text_field_is_rejected_with_the_field_named(field: str) -> None:
+    # PostgreSQL text cannot hold U+0000: such an event would fail its whole batch.
+    with pytest.raises(InvalidEventError, match=f"^{field}: contains a NUL character"):
+        decode(body(**{field: "gpt-4o\u0000x"}))
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"note": "a\u0000b"},
+        {"a\u0000b": 1},
+        {"deep": [{"x": ["ok", "still\u0000bad"]}]},
+    ],
+    ids=["value", "key", "nested value"],
+)
+def test_a_nul_character_anywhere_in_metadata_is_rejected(metadata: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEventError, match="^metadata: .*NUL character"):
+        decode(body(metadata=metadata))
+
+
+def test_the_producer_path_rejects_nul_characters_too() -> None:
+    fields = body(model="gpt\u0000", occurred_at=NOW - timedelta(minutes=1))
+    with pytest.raises(InvalidEventError, match="^model: contains a NUL"):
+        validate_event(fields, now=NOW)
+
+
+def test_metadata_nested_deeper_than_the_limit_is_rejected() -> None:
+    nested: Any = "leaf"
+    for _ in range(MAX_METADATA_DEPTH):
+        nested = [nested]
+    decode(body(metadata={"x": nested[0]}))  # exactly at the limit: accepted
+    with pytest.raises(InvalidEventError, match="^metadata: nested deeper than"):
+        decode(body(metadata={"x": nested}))
+
+
+def test_a_body_nested_a_thousand_levels_deep_is_rejected_not_a_crash() -> None:
+    with pytest.raises(InvalidEventError, match="^body: "):
+        decode_event(b"[" * 1000 + b"]" * 1000, ATTRS, now=NOW)
+
+
+def test_invalid_utf8_is_rejected() -> None:
+    with pytest.raises(InvalidEventError, match="^body: "):
+        decode_event(b'{"model": "\xff\xfe"}', ATTRS, now=NOW)
+
+
+def test_a_reason_is_always_storable_even_when_the_input_names_a_nul_field() -> None:
+    # The unknown field's name (with its NUL) ends up in the reason: it must be escaped.
+    with pytest.raises(InvalidEventError) as caught:
+        decode(body(**{"bad\u0000field": 1}))
+    assert "\x00" not in caught.value.reason
+    assert "bad\\u0000field" in caught.value.reason
+
+
+def test_storable_text_escapes_nul_and_unencodable_characters_visibly() -> None:
+    assert storable_text("a\x00b") == "a\\u0000b"
+    assert storable_text("ok") == "ok"
+    lone = storable_text("x\ud800y")
+    lone.encode()  # no UnicodeEncodeError
+    assert lone.startswith("x\\") and lone.endswith("y")

@@ -99,11 +99,14 @@ class UsageEvent(BaseModel):
 
 
 def _metadata_problem(value: Any, depth: int) -> str | None:
-    """Why a metadata value cannot be stored (too deep, a NUL character), or None."""
-    if depth > MAX_METADATA_DEPTH:
-        return f"nested deeper than {MAX_METADATA_DEPTH} levels"
+    """Why a metadata value cannot be stored (too deep, a NUL character), or None.
+
+    ``depth`` counts the objects and arrays around ``value``, itself included.
+    """
     if isinstance(value, str):
         return "contains a NUL character" if NUL in value else None
+    if isinstance(value, dict | list) and depth > MAX_METADATA_DEPTH:
+        return f"nested deeper than {MAX_METADATA_DEPTH} levels"
     if isinstance(value, dict):
         for key, item in value.items():
             if NUL in key:
