@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,8 +17,10 @@ from google.cloud.pubsub_v1 import PublisherClient
 from google.cloud.pubsub_v1.types import BatchSettings
 
 from biz2bricks_consumer.settings import ConsumerSettings
-from biz2bricks_core import UsageEvent, encode_event
+from biz2bricks_consumer.worker import Worker
+from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageEvent, encode_event
 from tests.conftest import PubSubNames
+from tests.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -38,6 +43,74 @@ def consumer_settings(pubsub_names: PubSubNames) -> Callable[..., ConsumerSettin
         return ConsumerSettings(**values)
 
     return make
+
+
+class RunningWorkers:
+    """Workers started by a test: each is stopped and its channel closed at teardown."""
+
+    def __init__(self) -> None:
+        self._started: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    def start(self, settings: ConsumerSettings, db: DatabaseManager, **kwargs: Any) -> Worker:
+        """Build a worker and run it in the background."""
+        worker = Worker(settings, db, **kwargs)
+        self._started.append((worker, asyncio.create_task(worker.run())))
+        return worker
+
+    async def until_idle(
+        self, settings: ConsumerSettings, db: DatabaseManager, **kwargs: Any
+    ) -> Worker:
+        """Run a worker until it stops by itself (``exit_when_idle_s``); raise what it raised."""
+        worker = self.start(settings, db, **kwargs)
+        await asyncio.wait_for(asyncio.shield(self.task(worker)), timeout=90)
+        return worker
+
+    def task(self, worker: Worker) -> asyncio.Task[None]:
+        """The task running ``worker``."""
+        return next(t for w, t in self._started if w is worker)
+
+    async def close(self) -> None:
+        for worker, task in self._started:
+            worker.stop()
+            try:
+                await asyncio.wait_for(task, timeout=worker.settings.shutdown_grace_s + 5)
+            except BaseException:
+                task.cancel()
+            finally:
+                worker.source.close()
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[RunningWorkers]:
+    """Start workers in the test's event loop; all are stopped and closed at teardown."""
+    running = RunningWorkers()
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+@dataclass
+class ProxiedDatabase:
+    """A DatabaseManager whose connections go through a TCP proxy the test can cut."""
+
+    proxy: TcpProxy
+    db: DatabaseManager
+
+
+@pytest.fixture
+async def proxied_database(database_url: str) -> AsyncIterator[ProxiedDatabase]:
+    """The session database behind a proxy; the pool is disposed and the proxy closed after."""
+    proxy = TcpProxy(database_url)
+    await proxy.start()
+    url = proxy.url.render_as_string(hide_password=False)
+    db = DatabaseManager(DatabaseConfig(database_url=url, db_pool_timeout_s=2))
+    try:
+        yield ProxiedDatabase(proxy, db)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(db.dispose(), timeout=5)
+        await proxy.cut()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import urllib.request
@@ -14,22 +15,13 @@ from sqlalchemy import text
 
 from biz2bricks_consumer.health import HealthServer
 from biz2bricks_consumer.settings import ConsumerSettings
-from biz2bricks_consumer.worker import Worker
 from biz2bricks_core import DatabaseConfig, DatabaseManager
 from biz2bricks_core.localservices import find_free_port
 from tests.consumer import crashing_consumer
-from tests.consumer.conftest import stopped_summary
+from tests.consumer.conftest import ProxiedDatabase, RunningWorkers, stopped_summary
 from tests.factories import assert_counter_derivable, event_count, make_event, provisioned_org
-from tests.tcp_proxy import TcpProxy
 
 ATTRS = {"event_type": "llm.tokens", "schema_version": "1"}
-
-
-async def run_until_idle(settings: ConsumerSettings, db: DatabaseManager) -> Worker:
-    worker = Worker(settings, db)
-    await asyncio.wait_for(worker.run(), timeout=90)
-    worker.source.close()
-    return worker
 
 
 async def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0) -> None:
@@ -42,6 +34,15 @@ async def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0) -> N
             return
         await asyncio.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+def get(url: str) -> tuple[int, str]:
+    """Status and body of a GET, also for error statuses."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def ready(port: int) -> bool:
@@ -57,11 +58,12 @@ async def test_published_events_are_written_and_acked(
     db: DatabaseManager,
     consumer_settings: Callable[..., ConsumerSettings],
     publish: Callable[..., None],
+    workers: RunningWorkers,
 ) -> None:
     org = await provisioned_org(db)
     events = [make_event(org, input_tokens=i + 1) for i in range(1200)]
     await asyncio.to_thread(publish, events)
-    worker = await run_until_idle(consumer_settings(), db)
+    worker = await workers.until_idle(consumer_settings(), db)
     assert await event_count(db, org) == 1200
     assert await assert_counter_derivable(db, org) == sum(i + 1 + 100 for i in range(1200))
     assert worker.metrics.value("usage_consumer_messages_acked_total") == 1200
@@ -71,13 +73,14 @@ async def test_a_backlog_is_written_in_full_batches(
     db: DatabaseManager,
     consumer_settings: Callable[..., ConsumerSettings],
     publish: Callable[..., None],
+    workers: RunningWorkers,
 ) -> None:
     # The emulator returns at most 100 messages per pull: without waiting (linger) for more,
     # the first batch would be one pull's worth and 1,000 messages would take several batches.
     org = await provisioned_org(db)
     await asyncio.to_thread(publish, [make_event(org) for _ in range(1000)])
     settings = consumer_settings(batch_max_messages=1000, batch_linger_s=3.0)
-    worker = await run_until_idle(settings, db)
+    worker = await workers.until_idle(settings, db)
     assert worker.metrics.value("usage_consumer_messages_acked_total") == 1000
     assert worker.metrics.value("usage_consumer_batch_size_count") == 1
     assert worker.metrics.value("usage_consumer_batch_size_sum") == 1000
@@ -88,15 +91,16 @@ async def test_redelivered_and_republished_events_count_once(
     db: DatabaseManager,
     consumer_settings: Callable[..., ConsumerSettings],
     publish: Callable[..., None],
+    workers: RunningWorkers,
 ) -> None:
     # Given events published twice in one go (duplicates within and across batches)
     org = await provisioned_org(db)
     events = [make_event(org) for _ in range(300)]
     await asyncio.to_thread(publish, events + events)
-    await run_until_idle(consumer_settings(), db)
+    await workers.until_idle(consumer_settings(), db)
     # When the same events are republished after they were committed
     await asyncio.to_thread(publish, events[:100])
-    second = await run_until_idle(consumer_settings(), db)
+    second = await workers.until_idle(consumer_settings(), db)
     # Then each still counts once
     assert second.metrics.value("usage_consumer_duplicates_total") == 100
     assert second.metrics.value("usage_consumer_events_inserted_total") == 0
@@ -108,12 +112,13 @@ async def test_poison_messages_are_kept_as_rejects_and_the_worker_goes_on(
     db: DatabaseManager,
     consumer_settings: Callable[..., ConsumerSettings],
     publish: Callable[..., None],
+    workers: RunningWorkers,
 ) -> None:
     org = await provisioned_org(db)
     good = [make_event(org) for _ in range(50)]
     poison = [(b"garbage", ATTRS), (b"{}", ATTRS), (b'{"a":1}', {"schema_version": "7"})]
     await asyncio.to_thread(publish, [*good[:25], *poison, *good[25:]])
-    worker = await run_until_idle(consumer_settings(), db)
+    worker = await workers.until_idle(consumer_settings(), db)
     assert await event_count(db, org) == 50
     assert worker.metrics.value("usage_consumer_messages_acked_total") == 53
     rejected = sum(
@@ -134,21 +139,15 @@ async def test_poison_messages_are_kept_as_rejects_and_the_worker_goes_on(
 @pytest.mark.fault
 async def test_database_outage_pauses_without_acking_and_loses_nothing(
     db: DatabaseManager,
-    database_url: str,
+    proxied_database: ProxiedDatabase,
     consumer_settings: Callable[..., ConsumerSettings],
     publish: Callable[..., None],
+    workers: RunningWorkers,
 ) -> None:
     # Given a worker whose database connections go through a proxy
     org = await provisioned_org(db)
-    proxy = TcpProxy(database_url)
-    await proxy.start()
-    proxied = DatabaseManager(
-        DatabaseConfig(
-            database_url=proxy.url.render_as_string(hide_password=False), db_pool_timeout_s=2
-        )
-    )
-    worker = Worker(consumer_settings(exit_when_idle_s=None), proxied)
-    task = asyncio.create_task(worker.run())
+    proxy = proxied_database.proxy
+    worker = workers.start(consumer_settings(exit_when_idle_s=None), proxied_database.db)
     await asyncio.to_thread(publish, [make_event(org) for _ in range(200)])
     await wait_until(lambda: worker.metrics.value("usage_consumer_messages_acked_total") == 200)
     # When the database becomes unreachable while more events arrive
@@ -163,10 +162,7 @@ async def test_database_outage_pauses_without_acking_and_loses_nothing(
     await proxy.start()
     await wait_until(lambda: worker.metrics.value("usage_consumer_messages_acked_total") == 500)
     worker.stop()
-    await asyncio.wait_for(task, timeout=30)
-    worker.source.close()
-    await proxied.dispose()
-    await proxy.cut()
+    await asyncio.wait_for(workers.task(worker), timeout=30)
     assert await event_count(db, org) == 500
     assert await assert_counter_derivable(db, org) == 500 * 1100
 
@@ -261,8 +257,10 @@ async def test_sigterm_under_load_exits_in_grace_and_loses_or_doubles_nothing(
 async def test_health_readiness_and_metrics_endpoints(
     db: DatabaseManager,
     consumer_settings: Callable[..., ConsumerSettings],
+    workers: RunningWorkers,
 ) -> None:
-    worker = Worker(consumer_settings(), db)
+    # Given a running worker and its health server
+    worker = workers.start(consumer_settings(exit_when_idle_s=None), db)
     down = DatabaseManager(
         DatabaseConfig(database_url="postgresql://x@127.0.0.1:1/none", db_pool_timeout_s=1)
     )
@@ -273,30 +271,36 @@ async def test_health_readiness_and_metrics_endpoints(
 
     health = HealthServer(
         worker.metrics,
-        {"database": worker.check_database, "pubsub": worker.source.check},
+        {
+            "database": worker.check_database,
+            "pubsub": worker.source.check,
+            "pulling": worker.check_pulling,
+        },
         "127.0.0.1",
         0,
     )
     await health.start()
-    base = f"http://127.0.0.1:{health.port}"
-
-    def get(path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(base + path, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
-    assert (await asyncio.to_thread(get, "/healthz"))[0] == 200
-    status, body = await asyncio.to_thread(get, "/readyz")
-    assert (status, body) == (200, '{"database": "ok", "pubsub": "ok"}')
-    status, body = await asyncio.to_thread(get, "/metrics")
-    assert status == 200
-    assert "usage_consumer_events_inserted_total" in body
-    health._checks["database"] = database_down
-    status, body = await asyncio.to_thread(get, "/readyz")
-    assert status == 503
-    assert "database" in body
-    await health.close()
-    worker.source.close()
-    await down.dispose()
+    try:
+        base = f"http://127.0.0.1:{health.port}"
+        await wait_until(lambda: ready(health.port))
+        # Then liveness, readiness and metrics answer
+        assert (await asyncio.to_thread(get, base + "/healthz"))[0] == 200
+        status, body = await asyncio.to_thread(get, base + "/readyz")
+        assert (status, json.loads(body)) == (
+            200,
+            {"database": "ok", "pubsub": "ok", "pulling": "ok"},
+        )
+        status, body = await asyncio.to_thread(get, base + "/metrics")
+        assert status == 200
+        assert "usage_consumer_events_inserted_total" in body
+        # When the database check fails, readiness says so and names it
+        health.checks["database"] = database_down
+        status, body = await asyncio.to_thread(get, base + "/readyz")
+        assert status == 503
+        results = json.loads(body)
+        assert results["database"] != "ok"
+        assert "Error" in results["database"]
+        assert (results["pubsub"], results["pulling"]) == ("ok", "ok")
+    finally:
+        await health.close()
+        await down.dispose()

@@ -169,7 +169,7 @@ def test_importing_the_contract_does_not_import_sqlalchemy() -> None:
 @pytest.mark.parametrize("field", ["provider", "model", "operation", "request_id"])
 def test_a_nul_character_in_a_text_field_is_rejected_with_the_field_named(field: str) -> None:
     # PostgreSQL text cannot hold U+0000: such an event would fail its whole batch.
-    with pytest.raises(InvalidEventError, match=f"^{field}: contains a NUL character"):
+    with pytest.raises(InvalidEventError, match=rf"^{field}: contains a NUL character"):
         decode(body(**{field: "gpt-4o\u0000x"}))
 
 
@@ -183,13 +183,13 @@ def test_a_nul_character_in_a_text_field_is_rejected_with_the_field_named(field:
     ids=["value", "key", "nested value"],
 )
 def test_a_nul_character_anywhere_in_metadata_is_rejected(metadata: dict[str, Any]) -> None:
-    with pytest.raises(InvalidEventError, match="^metadata: .*NUL character"):
+    with pytest.raises(InvalidEventError, match=r"^metadata: .*NUL character"):
         decode(body(metadata=metadata))
 
 
 def test_the_producer_path_rejects_nul_characters_too() -> None:
     fields = body(model="gpt\u0000", occurred_at=NOW - timedelta(minutes=1))
-    with pytest.raises(InvalidEventError, match="^model: contains a NUL"):
+    with pytest.raises(InvalidEventError, match=r"^model: contains a NUL"):
         validate_event(fields, now=NOW)
 
 
@@ -198,17 +198,17 @@ def test_metadata_nested_deeper_than_the_limit_is_rejected() -> None:
     for _ in range(MAX_METADATA_DEPTH):
         nested = [nested]
     decode(body(metadata={"x": nested[0]}))  # exactly at the limit: accepted
-    with pytest.raises(InvalidEventError, match="^metadata: nested deeper than"):
+    with pytest.raises(InvalidEventError, match=r"^metadata: nested deeper than"):
         decode(body(metadata={"x": nested}))
 
 
 def test_a_body_nested_a_thousand_levels_deep_is_rejected_not_a_crash() -> None:
-    with pytest.raises(InvalidEventError, match="^body: "):
+    with pytest.raises(InvalidEventError, match=r"^body: "):
         decode_event(b"[" * 1000 + b"]" * 1000, ATTRS, now=NOW)
 
 
 def test_invalid_utf8_is_rejected() -> None:
-    with pytest.raises(InvalidEventError, match="^body: "):
+    with pytest.raises(InvalidEventError, match=r"^body: "):
         decode_event(b'{"model": "\xff\xfe"}', ATTRS, now=NOW)
 
 
@@ -225,4 +225,5 @@ def test_storable_text_escapes_nul_and_unencodable_characters_visibly() -> None:
     assert storable_text("ok") == "ok"
     lone = storable_text("x\ud800y")
     lone.encode()  # no UnicodeEncodeError
-    assert lone.startswith("x\\") and lone.endswith("y")
+    assert lone.startswith("x\\")
+    assert lone.endswith("y")

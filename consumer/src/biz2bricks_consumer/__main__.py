@@ -129,8 +129,14 @@ async def _check_subscription(source: PubSubSource, settings: ConsumerSettings) 
     return 0
 
 
+def _exit_before_start(signum: int, _: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None, *, on_committed: CommitHook | None = None) -> int:
     """Console-script entry point (``on_committed``: see Worker; tests inject faults there)."""
+    # Until the worker's own handlers are installed, SIGTERM means: nothing pulled, exit 0.
+    signal.signal(signal.SIGTERM, _exit_before_start)
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     overrides: dict[str, Any] = {}
