@@ -282,7 +282,7 @@ async def test_health_readiness_and_metrics_endpoints(
     await health.start()
     try:
         base = f"http://127.0.0.1:{health.port}"
-        await wait_until(lambda: ready(health.port))
+        await wait_until(lambda: asyncio.to_thread(ready, health.port))
         # Then liveness, readiness and metrics answer
         assert (await asyncio.to_thread(get, base + "/healthz"))[0] == 200
         status, body = await asyncio.to_thread(get, base + "/readyz")
