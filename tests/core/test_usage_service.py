@@ -215,6 +215,7 @@ async def test_a_connection_dropped_mid_request_is_a_database_outage(
         assert service.counters["token_fail_open"] == 1
     finally:
         await proxied.dispose()
+        await proxy.cut()
 
 
 # storage
