@@ -18,10 +18,11 @@ from sqlalchemy.engine import make_url
 
 from bench._common import Timer, bench_database, events, manager, provision_orgs
 from biz2bricks_consumer.batching import Batch
-from biz2bricks_consumer.pricing_cache import load_price_book
 from biz2bricks_consumer.worker import tune_gc
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import UsageEvent
+from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.price_rows import load_price_book
 from tests.factories import message_for
 from tests.support import libpq_url
 
@@ -100,7 +101,7 @@ async def measure(url: str, n_events: int, n_orgs: int, batch_size: int, rounds:
     if True:
         orgs = await provision_orgs(url, n_orgs)
         db = manager(url)
-        book = await load_price_book(db)
+        book = await load_price_book(db, ModelNames())
         writer = BatchWriter(db, lambda: book)
         conn = await asyncpg.connect(libpq_url(make_url(url)))
         ours_s = raw_s = 0.0

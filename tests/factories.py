@@ -81,23 +81,25 @@ async def event_count(db: DatabaseManager, org: uuid.UUID) -> int:
 
 
 async def assert_counter_derivable(db: DatabaseManager, org: uuid.UUID) -> int:
-    """Promise 2: tokens_used_period equals the sum over the events in the current period."""
+    """Promise 2: the period counters equal the sums over the events in the current period."""
     async with db.engine.connect() as conn:
         row = (
             await conn.execute(
                 text(
-                    "SELECT l.tokens_used_period, l.cost_usd_period,"
+                    "SELECT l.tokens_used_period, l.cost_usd_period, l.unpriced_events_period,"
                     " coalesce(sum(e.input_tokens + e.output_tokens), 0) AS tokens,"
-                    " coalesce(sum(e.cost_usd), 0) AS cost"
+                    " coalesce(sum(e.cost_usd), 0) AS cost,"
+                    " count(e.event_id) FILTER (WHERE e.cost_usd IS NULL) AS unpriced"
                     " FROM usage_limits l LEFT JOIN usage_events e"
                     "  ON e.organization_id = l.organization_id"
                     "  AND e.occurred_at >= l.period_start AND e.occurred_at < l.period_end"
                     " WHERE l.organization_id = :o"
-                    " GROUP BY l.tokens_used_period, l.cost_usd_period"
+                    " GROUP BY l.tokens_used_period, l.cost_usd_period, l.unpriced_events_period"
                 ),
                 {"o": org},
             )
         ).one()
     assert row.tokens_used_period == row.tokens, f"counter {row.tokens_used_period} != {row.tokens}"
     assert row.cost_usd_period == row.cost, f"cost {row.cost_usd_period} != {row.cost}"
+    assert row.unpriced_events_period == row.unpriced, "unpriced counter differs from the events"
     return int(row.tokens)

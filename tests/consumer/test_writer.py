@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import text
 
 from biz2bricks_consumer.batching import build_batch
-from biz2bricks_consumer.pricing_cache import load_price_book
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import DatabaseManager
+from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.periods import period_bounds
+from biz2bricks_core.price_rows import load_price_book
 from tests.factories import (
     assert_counter_derivable,
     counters,
@@ -29,7 +30,7 @@ from tests.factories import (
 
 @pytest.fixture
 async def writer(db: DatabaseManager) -> BatchWriter:
-    book = await load_price_book(db)
+    book = await load_price_book(db, ModelNames())
     return BatchWriter(db, lambda: book)
 
 
@@ -206,7 +207,8 @@ async def test_cost_uses_the_price_in_force_including_cached_tokens(
             for r in (
                 await conn.execute(
                     text(
-                        "SELECT e.model, e.cost_usd, e.pricing_id, p.input_per_mtok,"
+                        "SELECT e.model, e.cost_usd, e.pricing_id, e.unpriced_reason,"
+                        " p.input_per_mtok,"
                         " p.cache_read_per_mtok,"
                         " p.cache_write_per_mtok, p.output_per_mtok FROM usage_events e"
                         " LEFT JOIN model_pricing p ON p.id = e.pricing_id"
@@ -225,8 +227,12 @@ async def test_cost_uses_the_price_in_force_including_cached_tokens(
     ) / 1_000_000
     assert p.cost_usd == expected
     assert p.cost_usd > 0
-    assert (rows["mystery-1"].cost_usd, rows["mystery-1"].pricing_id) == (Decimal(0), None)
+    # An unknown provider's call is stored with no cost, never $0, and says why.
+    mystery = rows["mystery-1"]
+    assert (mystery.cost_usd, mystery.pricing_id) == (None, None)
+    assert mystery.unpriced_reason == "unknown_provider"
     await assert_counter_derivable(db, org)
+    assert (await counters(db, org))["unpriced_events_period"] == 1
 
 
 async def test_concurrent_writers_on_shared_organizations_neither_deadlock_nor_lose(

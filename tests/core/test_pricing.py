@@ -65,11 +65,12 @@ def test_the_price_in_force_at_the_time_of_the_call_is_used() -> None:
     assert book.price_at("openai", "gpt-4o", datetime(2023, 1, 1, tzinfo=UTC)) is None
 
 
-def test_dated_model_names_resolve_to_the_longest_priced_prefix() -> None:
+def test_without_a_resolver_only_the_exact_name_is_priced() -> None:
+    # The old longest-prefix rule billed gpt-4o-2024-05-13 (its own, higher price) as gpt-4o,
+    # and gpt-5.1-codex-mini as gpt-5.1: a variant never takes its base model's price.
     base = TokenPrice("openai", "gpt-4o", T0, Decimal(1), Decimal(1))
-    mini = TokenPrice("openai", "gpt-4o-mini", T0, Decimal(2), Decimal(2))
-    book = PriceBook.from_prices([base, mini])
-    assert book.price_at("openai", "gpt-4o-2024-08-06", T1) is base
-    assert book.price_at("openai", "gpt-4o-mini-2024-07-18", T1) is mini
-    assert book.price_at("openai", "gpt-4", T1) is None
+    book = PriceBook.from_prices([base])
+    assert book.price_at("openai", "gpt-4o", T1) is base
+    assert book.price_at("openai", "gpt-4o-2024-05-13", T1) is None
+    assert book.lookup("openai", "gpt-4o-2024-05-13", T1).reason == "unknown_model"
     assert book.price_at("anthropic", "gpt-4o", T1) is None

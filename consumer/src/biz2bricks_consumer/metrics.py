@@ -35,6 +35,11 @@ class ConsumerMetrics:
             ["task"],
             registry=r,
         )
+        self.unpriced = Counter(
+            "usage_consumer_events_unpriced",
+            "Events stored without a cost (no price row applies); the log names the model",
+            registry=r,
+        )
         self.acked = Counter("usage_consumer_messages_acked", "Messages acked", registry=r)
         self.commit_retries = Counter(
             "usage_consumer_commit_retries", "Batch commits retried", registry=r

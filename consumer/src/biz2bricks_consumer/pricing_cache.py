@@ -5,42 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-
-from sqlalchemy import select
+from collections import Counter
+from collections.abc import Iterable
 
 from biz2bricks_core.database import DatabaseManager
-from biz2bricks_core.models import ModelPricingModel
-from biz2bricks_core.pricing import PriceBook, TokenPrice
+from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.price_rows import load_price_book
+from biz2bricks_core.pricing import PriceBook
 
 log = logging.getLogger(__name__)
 
 
-async def load_price_book(db: DatabaseManager) -> PriceBook:
-    """Every price version in the database."""
-    async with db.session() as session:
-        rows = (await session.scalars(select(ModelPricingModel))).all()
-    return PriceBook.from_prices(
-        TokenPrice(
-            provider=r.provider,
-            model=r.model,
-            effective_from=r.effective_from,
-            input_per_mtok=r.input_per_mtok,
-            output_per_mtok=r.output_per_mtok,
-            cache_read_per_mtok=r.cache_read_per_mtok,
-            cache_write_per_mtok=r.cache_write_per_mtok,
-            id=r.id,
-        )
-        for r in rows
-    )
-
-
 class PricingCache:
-    """Holds the current PriceBook; ``get`` never does I/O, ``refresh_if_due`` does."""
+    """Holds the current PriceBook; ``get`` never does I/O, ``refresh_if_due`` does.
 
-    def __init__(self, db: DatabaseManager, refresh_s: float) -> None:
+    The model-name resolver outlives refreshes: what it learnt about a name does not depend
+    on the rows in the table.
+    """
+
+    def __init__(
+        self, db: DatabaseManager, refresh_s: float, names: ModelNames | None = None
+    ) -> None:
         self._db = db
         self._refresh_s = refresh_s
-        self._book = PriceBook()
+        self._names = names if names is not None else ModelNames()
+        self._book = PriceBook(resolver=self._names)
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -55,6 +44,33 @@ class PricingCache:
         async with self._lock:
             if time.monotonic() - self._loaded_at < self._refresh_s:
                 return
-            self._book = await load_price_book(self._db)
+            self._book = await load_price_book(self._db, self._names)
             self._loaded_at = time.monotonic()
             log.info("pricing.refreshed", extra={"versions": len(self._book)})
+
+
+class UnpricedLog:
+    """One warning per unpriced (provider, model) per interval, with the events since the last."""
+
+    def __init__(self, interval_s: float, max_models: int = 10_000) -> None:
+        self._interval_s = interval_s
+        self._max_models = max_models
+        self._last: dict[tuple[str, str], float] = {}
+        self._pending: Counter[tuple[str, str, str]] = Counter()
+
+    def report(self, unpriced: Iterable[tuple[str, str, str]]) -> None:
+        """Count the batch's unpriced events; log the models whose interval has passed."""
+        self._pending.update(unpriced)
+        now = time.monotonic()
+        for (provider, model, reason), events in list(self._pending.items()):
+            last = self._last.get((provider, model))
+            if last is not None and now - last < self._interval_s:
+                continue
+            if len(self._last) >= self._max_models:
+                self._last.clear()
+            self._last[(provider, model)] = now
+            del self._pending[(provider, model, reason)]
+            log.warning(
+                "pricing.unpriced_model",
+                extra={"provider": provider, "model": model, "reason": reason, "events": events},
+            )

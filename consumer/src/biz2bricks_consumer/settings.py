@@ -48,6 +48,9 @@ class ConsumerSettings(Settings):
     pricing_refresh_s: float = Field(
         default=300.0, gt=0, validation_alias="CONSUMER_PRICING_REFRESH"
     )
+    unpriced_log_interval_s: float = Field(
+        default=300.0, gt=0, validation_alias="CONSUMER_UNPRICED_LOG_INTERVAL"
+    )
     health_host: str = Field(default="0.0.0.0", validation_alias="CONSUMER_HEALTH_HOST")
     health_port: int = Field(default=8080, ge=0, le=65535, validation_alias="PORT")
     exit_when_idle_s: float | None = Field(default=None, validation_alias="CONSUMER_EXIT_WHEN_IDLE")

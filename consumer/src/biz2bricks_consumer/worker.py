@@ -29,7 +29,7 @@ from biz2bricks_consumer.errors import (
 )
 from biz2bricks_consumer.inflight import InFlight
 from biz2bricks_consumer.metrics import ConsumerMetrics
-from biz2bricks_consumer.pricing_cache import PricingCache
+from biz2bricks_consumer.pricing_cache import PricingCache, UnpricedLog
 from biz2bricks_consumer.pubsub import PubSubSource
 from biz2bricks_consumer.retry import DatabaseRetry
 from biz2bricks_consumer.settings import ConsumerSettings
@@ -85,6 +85,7 @@ class Worker:
         self.metrics = metrics if metrics is not None else ConsumerMetrics()
         self.pricing = PricingCache(db, settings.pricing_refresh_s)
         self.writer = BatchWriter(db, self.pricing.get)
+        self.unpriced_log = UnpricedLog(settings.unpriced_log_interval_s)
         self.retry = DatabaseRetry(settings, self.metrics)
         self.inflight = InFlight(self.source, settings.ack_deadline_s, self.metrics)
         self._stopping = asyncio.Event()
@@ -319,6 +320,9 @@ class Worker:
         self.metrics.inserted.inc(result.inserted)
         self.metrics.duplicates.inc(result.duplicates)
         self.metrics.conflicting_duplicates.inc(result.conflicts)
+        if result.unpriced:
+            self.metrics.unpriced.inc(result.unpriced)
+            self.unpriced_log.report(result.unpriced_models)
         for reject in result.rejected:
             self.metrics.rejects.labels(reason=reject.reason_code).inc()
             log.warning(

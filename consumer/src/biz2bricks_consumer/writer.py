@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -32,7 +32,7 @@ from biz2bricks_consumer.batching import (
 )
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.events import UsageEvent
-from biz2bricks_core.pricing import PriceBook
+from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
 
 # Statements run on the asyncpg connection under a pooled SQLAlchemy one: SQLAlchemy's
 # execute and result layers cost ~1 ms per batch here, a fifth of the batch's write time.
@@ -42,35 +42,34 @@ LOCK_ORGS = (
     " ORDER BY organization_id FOR UPDATE"
 )
 
-INSERT_AND_COUNT = """
+INSERT_AND_COUNT = f"""
 WITH input AS (
     -- Events arrive as one JSON array (serialised from the validated models) plus the
-    -- resolved price row of each: parsing JSON server-side is cheaper than 14 typed arrays.
+    -- resolved price row of each, or why none applies: parsing JSON server-side is cheaper
+    -- than 15 typed arrays.
     SELECT * FROM ROWS FROM (
         json_to_recordset($1::json) AS (
             event_id uuid, organization_id uuid, user_id uuid, occurred_at timestamptz,
             provider text, model text, input_tokens bigint, output_tokens bigint,
-            cache_read_tokens bigint, cache_write_tokens bigint, operation text,
-            request_id text, metadata jsonb),
-        unnest($2::integer[])
+            cache_read_tokens bigint, cache_write_tokens bigint, cache_write_1h_tokens bigint,
+            operation text, request_id text, metadata jsonb),
+        unnest($2::integer[], $3::text[])
     ) AS t(event_id, organization_id, user_id, occurred_at, provider, model, input_tokens,
-           output_tokens, cache_read_tokens, cache_write_tokens, operation, request_id,
-           metadata, pricing_id)
+           output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens,
+           operation, request_id, metadata, pricing_id, unpriced_reason)
 ),
 inserted AS (
     INSERT INTO usage_events (event_id, organization_id, user_id, occurred_at, provider, model,
-        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
-        pricing_id, operation, request_id, metadata)
+        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+        cache_write_1h_tokens, cost_usd, pricing_id, unpriced_reason, operation, request_id,
+        metadata)
     SELECT i.event_id, i.organization_id, i.user_id, i.occurred_at, i.provider, i.model,
         i.input_tokens, i.output_tokens, i.cache_read_tokens, i.cache_write_tokens,
-        -- The same arithmetic as biz2bricks_core.pricing.event_cost, in numeric.
-        coalesce((
-            (i.input_tokens - i.cache_read_tokens - i.cache_write_tokens) * p.input_per_mtok
-            + i.cache_read_tokens * coalesce(p.cache_read_per_mtok, p.input_per_mtok)
-            + i.cache_write_tokens * coalesce(p.cache_write_per_mtok, p.input_per_mtok)
-            + i.output_tokens * p.output_per_mtok
-        ) / 1000000, 0),
-        i.pricing_id, i.operation, i.request_id, i.metadata
+        i.cache_write_1h_tokens,
+        -- NULL without a price row: an unknown cost is never stored as 0.
+        {cost_sql("i", "p")},
+        p.id, CASE WHEN p.id IS NULL THEN coalesce(i.unpriced_reason, '{NO_PRICE_ROW}') END,
+        i.operation, i.request_id, i.metadata
     FROM input i LEFT JOIN model_pricing p ON p.id = i.pricing_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING organization_id, occurred_at, input_tokens + output_tokens AS tokens, cost_usd
@@ -93,7 +92,10 @@ sums AS (
             AS tokens,
         coalesce(sum(i.cost_usd) FILTER (WHERE i.occurred_at >= t.new_start
             AND i.occurred_at < t.new_start + CAST('1 ' || t.period_unit AS interval)), 0)
-            AS cost
+            AS cost,
+        count(*) FILTER (WHERE i.cost_usd IS NULL AND i.occurred_at >= t.new_start
+            AND i.occurred_at < t.new_start + CAST('1 ' || t.period_unit AS interval))
+            AS unpriced
     FROM target t JOIN inserted i USING (organization_id)
     GROUP BY t.organization_id, t.new_start, t.inserted, t.period_unit
 )
@@ -106,12 +108,14 @@ UPDATE usage_limits u SET
         THEN u.tokens_used_period ELSE 0 END + s.tokens,
     cost_usd_period = CASE WHEN s.new_start = u.period_start
         THEN u.cost_usd_period ELSE 0 END + s.cost,
+    unpriced_events_period = CASE WHEN s.new_start = u.period_start
+        THEN u.unpriced_events_period ELSE 0 END + s.unpriced,
     period_start = s.new_start,
     period_end = s.new_end,
     counters_updated_at = now()
 FROM sums s
 WHERE u.organization_id = s.organization_id
-RETURNING s.inserted
+RETURNING s.inserted, s.unpriced
 """
 
 # Stored rows of a batch's event_ids that this transaction did not write itself (xmin is the
@@ -130,6 +134,7 @@ INSERT_REJECTS = (
 )
 
 
+Unpriced = tuple[str, str, str]
 _EVENTS_JSON: TypeAdapter[list[UsageEvent]] = TypeAdapter(list[UsageEvent])
 
 
@@ -140,6 +145,9 @@ class WriteResult:
     inserted: int
     duplicates: int
     rejected: list[Reject]
+    # Inserted events without a price, and the (provider, model, reason) the batch had.
+    unpriced: int = 0
+    unpriced_models: list[Unpriced] = field(default_factory=list)
 
     @property
     def conflicts(self) -> int:
@@ -147,19 +155,25 @@ class WriteResult:
         return sum(1 for r in self.rejected if r.reason_code == CONFLICTING_DUPLICATE)
 
 
-def event_params(events: Sequence[UsageEvent], prices: PriceBook) -> tuple[str, list[int | None]]:
-    """Parameters of INSERT_AND_COUNT: the events as JSON, and the price row id of each.
+def event_params(
+    events: Sequence[UsageEvent], prices: PriceBook
+) -> tuple[str, list[int | None], list[str | None], list[Unpriced]]:
+    """Parameters of INSERT_AND_COUNT (the events as JSON, the price row id of each or why
+    it has none), and the unpriced (provider, model, reason) of the batch.
 
-    The price version in force is resolved here; the cost itself is computed in SQL from
+    The row in force and its tier are chosen here; the cost itself is computed in SQL from
     that row, so no Decimal crosses the wire.
     """
-    return (
-        _EVENTS_JSON.dump_json(list(events), exclude_none=True).decode(),
-        [
-            None if (p := prices.price_at(e.provider, e.model, e.occurred_at)) is None else p.id
-            for e in events
-        ],
-    )
+    ids: list[int | None] = []
+    reasons: list[str | None] = []
+    unpriced: list[Unpriced] = []
+    for e in events:
+        found = prices.lookup(e.provider, e.model, e.occurred_at, e.input_tokens)
+        ids.append(None if found.price is None else found.price.id)
+        reasons.append(found.reason)
+        if found.price is None:
+            unpriced.append((e.provider, e.model, found.reason or NO_PRICE_ROW))
+    return _EVENTS_JSON.dump_json(list(events), exclude_none=True).decode(), ids, reasons, unpriced
 
 
 def reject_columns(rejects: Sequence[Reject]) -> tuple[list[Any], ...]:
@@ -186,7 +200,8 @@ class BatchWriter:
     async def write(self, batch: Batch) -> WriteResult:
         """Commit the batch's events, counters and rejects together, or raise and change nothing."""
         events, rejects = batch.events, list(batch.rejects)
-        inserted = conflicting = 0
+        inserted = conflicting = unpriced = 0
+        unpriced_models: list[Unpriced] = []
         async with self._db.driver() as conn, conn.transaction():
             if events:
                 orgs = sorted({e.organization_id for e in events})
@@ -195,8 +210,10 @@ class BatchWriter:
                     events, unknown = _split_unknown(batch, known)
                     rejects.extend(unknown)
                 if events:
-                    rows = await conn.fetch(INSERT_AND_COUNT, *event_params(events, self._prices()))
+                    *params, unpriced_models = event_params(events, self._prices())
+                    rows = await conn.fetch(INSERT_AND_COUNT, *params)
                     inserted = sum(row[0] for row in rows)
+                    unpriced = sum(row[1] for row in rows)
                 if inserted < len(events):
                     conflicts = await _conflicts(conn, events, sources_of(batch, events))
                     rejects.extend(conflicts)
@@ -204,7 +221,7 @@ class BatchWriter:
             if rejects:
                 await conn.execute(INSERT_REJECTS, *reject_columns(rejects))
         duplicates = len(events) - inserted - conflicting + batch.duplicates_in_batch
-        return WriteResult(inserted=inserted, duplicates=duplicates, rejected=rejects)
+        return WriteResult(inserted, duplicates, rejects, unpriced, unpriced_models)
 
 
 def sources_of(batch: Batch, events: Sequence[UsageEvent]) -> dict[uuid.UUID, InboundMessage]:

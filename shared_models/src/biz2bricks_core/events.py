@@ -61,7 +61,8 @@ class UsageEvent(BaseModel):
     """One LLM call's token usage, as the producer publishes it and the consumer stores it.
 
     The model checks each field; ``decode_event`` and ``validate_event`` also apply
-    ``check_rules`` (cache tokens within input tokens, no timestamp from the future).
+    ``check_rules`` (cache tokens within input tokens, 1-hour cache writes within cache
+    writes, no timestamp from the future).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
@@ -76,6 +77,8 @@ class UsageEvent(BaseModel):
     output_tokens: TokenCount
     cache_read_tokens: TokenCount = 0
     cache_write_tokens: TokenCount = 0
+    # The part of cache_write_tokens written with a 1-hour TTL (priced apart from 5-minute).
+    cache_write_1h_tokens: TokenCount = 0
     operation: OptionalText = None
     request_id: OptionalText = None
     metadata: dict[str, Any] | None = None
@@ -149,6 +152,11 @@ def check_rules(event: UsageEvent, now: datetime | None = None) -> None:
             f"cache_read_tokens + cache_write_tokens ({cached}) exceed input_tokens "
             f"({event.input_tokens}); input_tokens must include cached tokens"
         )
+    if event.cache_write_1h_tokens > event.cache_write_tokens:
+        raise InvalidEventError(
+            f"cache_write_1h_tokens ({event.cache_write_1h_tokens}) exceed cache_write_tokens "
+            f"({event.cache_write_tokens}); cache_write_tokens must include 1-hour writes"
+        )
     now = now if now is not None else datetime.now(UTC)
     if event.occurred_at > now + MAX_FUTURE_SKEW:  # one comparison on the hot path
         skew = event.occurred_at - now
@@ -179,7 +187,9 @@ def event_attributes(event: UsageEvent) -> dict[str, str]:
 
 def encode_event(event: UsageEvent) -> tuple[bytes, dict[str, str]]:
     """The message body (compact JSON) and attributes of an event."""
-    body = event.model_dump_json(exclude_none=True).encode()
+    # Left out when 0, so that consumers deployed before the field existed accept the body.
+    omit = None if event.cache_write_1h_tokens else {"cache_write_1h_tokens"}
+    body = event.model_dump_json(exclude_none=True, exclude=omit).encode()
     if len(body) > MAX_BODY_BYTES:
         raise InvalidEventError(f"body: {len(body)} bytes, over the {MAX_BODY_BYTES} byte limit")
     return body, event_attributes(event)

@@ -55,7 +55,8 @@ NAMING_CONVENTION = {
 
 # 12 decimals: a single token at a 6-decimal price per million tokens is exact.
 Money = Numeric(24, 12)
-PricePerMTok = Numeric(14, 6)
+# 18 decimals: some catalogue prices are thirds and twelfths of a cent (OpenRouter's).
+PricePerMTok = Numeric(30, 18)
 Timestamp = DateTime(timezone=True)
 
 
@@ -199,20 +200,45 @@ class SubscriptionPlanModel(Base):
 
 
 class ModelPricingModel(Base):
-    """USD per million tokens of one model, in force from ``effective_from`` until the next row."""
+    """USD per million tokens of one model and tier, in force from ``effective_from``.
+
+    Rows are never updated: a changed price is a new row and the old one gets ``retired_at``,
+    so an event's cost stays reproducible from its ``pricing_id``. ``origin`` is
+    ``catalogue`` (written by the price catalogue migrations) or ``operator`` (negotiated
+    prices, fine-tuned models; they win over the catalogue). See biz2bricks_core.pricing.
+    """
 
     __tablename__ = "model_pricing"
-    __table_args__ = (UniqueConstraint("provider", "model", "effective_from"),)
+    __table_args__ = (
+        Index(
+            "uq_model_pricing_live",
+            "origin",
+            "provider",
+            "model",
+            "effective_from",
+            "above_input_tokens",
+            unique=True,
+            postgresql_where=text("retired_at IS NULL"),
+        ),
+        CheckConstraint("origin IN ('catalogue', 'operator')", name="origin_known"),
+        CheckConstraint("above_input_tokens >= 0", name="tier_nonnegative"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
     provider: Mapped[str] = mapped_column(String(100))
     model: Mapped[str] = mapped_column(String(100))
     effective_from: Mapped[datetime]
+    # Long-context tier: the row prices calls whose input_tokens exceed this (0: base tier).
+    above_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     input_per_mtok: Mapped[Decimal] = mapped_column(PricePerMTok)
     output_per_mtok: Mapped[Decimal] = mapped_column(PricePerMTok)
     cache_read_per_mtok: Mapped[Decimal | None] = mapped_column(PricePerMTok)
     cache_write_per_mtok: Mapped[Decimal | None] = mapped_column(PricePerMTok)
+    cache_write_1h_per_mtok: Mapped[Decimal | None] = mapped_column(PricePerMTok)
+    per_request_usd: Mapped[Decimal | None] = mapped_column(PricePerMTok)
+    origin: Mapped[str] = mapped_column(String(16), server_default="catalogue")
     source: Mapped[str | None] = mapped_column(String(200))
+    retired_at: Mapped[datetime | None]
 
 
 USAGE_LIMITS_FILLFACTOR = 50
@@ -243,6 +269,8 @@ class UsageLimitsModel(Base):
     period_end: Mapped[datetime]
     tokens_used_period: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd_period: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    # Events of the period without a price: cost_usd_period leaves them out.
+    unpriced_events_period: Mapped[int] = mapped_column(BigInteger, server_default="0")
     storage_used_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     storage_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
     counters_updated_at: Mapped[datetime | None]
@@ -275,7 +303,10 @@ class UsageEventModel(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+    cache_write_1h_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # NULL when no price row applies (never 0 for "unknown"); unpriced_reason says why.
+    cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    unpriced_reason: Mapped[str | None] = mapped_column(String(32))
     # No foreign key: model_pricing is append-only and the check would cost a third of the
     # insert; the consumer writes only ids it read from that table.
     pricing_id: Mapped[int | None] = mapped_column(Integer)
@@ -316,7 +347,9 @@ class UsageDailySummaryModel(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    # Sum over the priced events; unpriced_count says how many events it leaves out.
     cost_usd: Mapped[Decimal] = mapped_column(Money)
+    unpriced_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 

@@ -1,23 +1,62 @@
-"""Cost of an LLM call from versioned per-model prices, in Decimal (never float)."""
+"""Cost of an LLM call from one ``model_pricing`` row: the arithmetic and the tier choice.
+
+This module is the one home of both rules. ``event_cost`` is the Python arithmetic and
+``cost_sql`` its SQL twin, which the consumer's writer and the reprice command run in the
+database; ``tests/core/test_pricing_sql.py`` runs both on the same cases.
+
+How a call is billed, as the providers bill it and as ``genai-prices`` computes it:
+
+- ``input_tokens`` includes cache reads and cache writes, and ``cache_write_tokens`` includes
+  ``cache_write_1h_tokens``. Each part is charged at its own price when the row has one;
+  a part without its own price stays inside its parent (a cache read of a model without a
+  cache-read price costs the input price; a 1-hour write without a 1-hour price costs the
+  cache-write price).
+- Long-context tiers are separate rows of the same model and version: a row applies when the
+  call's ``input_tokens`` exceed its ``above_input_tokens`` (0 for the base tier), and the
+  chosen tier prices every token of the call ("cliff" pricing, as Anthropic, Google and
+  OpenAI bill).
+- ``per_request_usd`` is a flat fee per call, for the few models priced that way.
+"""
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Final
+from typing import Final, Literal
 
-__all__ = ["PriceBook", "TokenPrice", "event_cost"]
+__all__ = [
+    "CATALOGUE",
+    "OPERATOR",
+    "PriceBook",
+    "PriceLookup",
+    "TokenPrice",
+    "choose_tier",
+    "cost_sql",
+    "event_cost",
+]
 
 ONE_MILLION: Final = Decimal(1_000_000)
 ZERO: Final = Decimal(0)
+# Stored costs are numeric(24, 12): the Python twin rounds to the same scale.
+COST_QUANTUM: Final = Decimal("1e-12")
+
+CATALOGUE: Final = "catalogue"
+OPERATOR: Final = "operator"
+Origin = Literal["catalogue", "operator"]
+
+# Why an event has no cost (usage_events.unpriced_reason).
+UNKNOWN_PROVIDER: Final = "unknown_provider"
+UNKNOWN_MODEL: Final = "unknown_model"
+NO_PRICE_ROW: Final = "no_price_row"
+NOT_YET_PRICED: Final = "no_price_at_time"
 
 
 @dataclass(frozen=True, slots=True)
 class TokenPrice:
-    """Prices in USD per million tokens of one model, in force from ``effective_from``."""
+    """One ``model_pricing`` row: USD per million tokens of one model, version and tier."""
 
     provider: str
     model: str
@@ -26,6 +65,10 @@ class TokenPrice:
     output_per_mtok: Decimal
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
+    cache_write_1h_per_mtok: Decimal | None = None
+    per_request_usd: Decimal | None = None
+    above_input_tokens: int = 0
+    origin: Origin = CATALOGUE
     id: int | None = None
 
 
@@ -36,71 +79,172 @@ def event_cost(
     output_tokens: int,
     cache_read_tokens: int = 0,
     cache_write_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
 ) -> Decimal:
-    """USD cost of one call. ``input_tokens`` includes cache reads and writes.
-
-    A model without a cache price charges its cached tokens at the input price.
-    """
-    uncached = input_tokens - cache_read_tokens - cache_write_tokens
-    if uncached < 0:
+    """USD cost of one call priced by ``price``, rounded as the database stores it."""
+    if cache_read_tokens + cache_write_tokens > input_tokens:
         raise ValueError("cache_read_tokens + cache_write_tokens exceed input_tokens")
-    read_price = price.cache_read_per_mtok
-    write_price = price.cache_write_per_mtok
+    if cache_write_1h_tokens > cache_write_tokens:
+        raise ValueError("cache_write_1h_tokens exceed cache_write_tokens")
+    read, write, write_1h = (
+        price.cache_read_per_mtok,
+        price.cache_write_per_mtok,
+        price.cache_write_1h_per_mtok,
+    )
+    uncached = input_tokens - (0 if read is None else cache_read_tokens)
+    if write is not None:
+        uncached -= cache_write_tokens
+    elif write_1h is not None:
+        uncached -= cache_write_1h_tokens
+    write_5m = cache_write_tokens - (0 if write_1h is None else cache_write_1h_tokens)
     total = (
         uncached * price.input_per_mtok
-        + cache_read_tokens * (price.input_per_mtok if read_price is None else read_price)
-        + cache_write_tokens * (price.input_per_mtok if write_price is None else write_price)
+        + cache_read_tokens * (read or ZERO)
+        + write_5m * (write or ZERO)
+        + cache_write_1h_tokens * (write_1h or ZERO)
         + output_tokens * price.output_per_mtok
-    )
-    return total / ONE_MILLION
+    ) / ONE_MILLION + (price.per_request_usd or ZERO)
+    return total.quantize(COST_QUANTUM)
+
+
+def cost_sql(event: str, price: str) -> str:
+    """The SQL twin of ``event_cost``: NULL when ``price`` (a model_pricing alias) is NULL.
+
+    ``event`` is an alias with the token columns of usage_events. Both arguments are
+    aliases written in code, never input.
+    """
+    e, p = event, price
+    return f"""(
+        ({e}.input_tokens
+            - CASE WHEN {p}.cache_read_per_mtok IS NULL THEN 0 ELSE {e}.cache_read_tokens END
+            - CASE WHEN {p}.cache_write_per_mtok IS NOT NULL THEN {e}.cache_write_tokens
+                   WHEN {p}.cache_write_1h_per_mtok IS NOT NULL THEN {e}.cache_write_1h_tokens
+                   ELSE 0 END) * {p}.input_per_mtok
+        + {e}.cache_read_tokens * coalesce({p}.cache_read_per_mtok, 0)
+        + ({e}.cache_write_tokens - CASE WHEN {p}.cache_write_1h_per_mtok IS NULL THEN 0
+                                         ELSE {e}.cache_write_1h_tokens END)
+            * coalesce({p}.cache_write_per_mtok, 0)
+        + {e}.cache_write_1h_tokens * coalesce({p}.cache_write_1h_per_mtok, 0)
+        + {e}.output_tokens * {p}.output_per_mtok
+    ) / 1000000 + coalesce({p}.per_request_usd, 0)"""
+
+
+def choose_tier(tiers: list[TokenPrice], input_tokens: int) -> TokenPrice:
+    """The tier a call falls in: the highest ``above_input_tokens`` its input exceeds.
+
+    ``tiers`` are the rows of one version sorted by ``above_input_tokens``, the first being
+    the base tier (0), which also prices a call that exceeds no threshold.
+    """
+    chosen = tiers[0]
+    for tier in tiers[1:]:
+        if input_tokens > tier.above_input_tokens:
+            chosen = tier
+    return chosen
+
+
+Key = tuple[str, str]
+# Maps an event's (provider, model) strings to the catalogue key it names, or to the reason
+# why it names none (biz2bricks_core.model_names.ModelNames is the genai-prices one).
+Resolver = Callable[[str, str], "Key | str"]
+
+
+@dataclass(frozen=True, slots=True)
+class PriceLookup:
+    """The row that prices a call, or None and the reason why none does."""
+
+    price: TokenPrice | None
+    reason: str | None = None
+
+
+@dataclass
+class _Versions:
+    starts: list[datetime] = field(default_factory=list)
+    tiers: list[list[TokenPrice]] = field(default_factory=list)
+
+    def at(self, when: datetime, input_tokens: int) -> TokenPrice | None:
+        index = bisect.bisect_right(self.starts, when) - 1
+        return choose_tier(self.tiers[index], input_tokens) if index >= 0 else None
+
+
+def _index(prices: Iterable[TokenPrice]) -> dict[Key, _Versions]:
+    grouped: dict[Key, dict[datetime, list[TokenPrice]]] = {}
+    for price in prices:
+        versions = grouped.setdefault((price.provider.lower(), price.model.lower()), {})
+        versions.setdefault(price.effective_from, []).append(price)
+    index: dict[Key, _Versions] = {}
+    for key, versions in grouped.items():
+        entry = index[key] = _Versions()
+        for start in sorted(versions):
+            entry.starts.append(start)
+            entry.tiers.append(sorted(versions[start], key=lambda p: p.above_input_tokens))
+    return index
 
 
 @dataclass
 class PriceBook:
-    """All price versions, looked up by provider, model and the time of the call."""
+    """All live price rows, looked up by an event's provider and model strings, time and size.
 
-    _by_model: dict[tuple[str, str], list[TokenPrice]] = field(default_factory=dict)
-    _starts: dict[tuple[str, str], list[datetime]] = field(default_factory=dict)
-    _lookup_cache: dict[tuple[str, str], tuple[str, str] | None] = field(default_factory=dict)
+    Operator rows (negotiated prices, fine-tuned models) win over catalogue rows: first an
+    operator row for the strings as sent (lower-cased), then the catalogue key the resolver
+    names, operator row before catalogue row. Without a resolver only exact keys match.
+    """
+
+    resolver: Resolver | None = None
+    _operator: dict[Key, _Versions] = field(default_factory=dict)
+    _catalogue: dict[Key, _Versions] = field(default_factory=dict)
+    _keys: dict[Key, tuple[list[Key], str | None]] = field(default_factory=dict)
+    _size: int = 0
 
     @classmethod
-    def from_prices(cls, prices: Iterable[TokenPrice]) -> PriceBook:
-        """Index price rows by (provider, model), each list sorted by effective_from."""
-        book = cls()
-        for price in prices:
-            book._by_model.setdefault((price.provider, price.model), []).append(price)
-        for versions in book._by_model.values():
-            versions.sort(key=lambda p: p.effective_from)
-        book._starts = {key: [v.effective_from for v in vs] for key, vs in book._by_model.items()}
+    def from_prices(
+        cls, prices: Iterable[TokenPrice], resolver: Resolver | None = None
+    ) -> PriceBook:
+        """Index price rows by origin, key, version start and tier."""
+        rows = list(prices)
+        book = cls(resolver=resolver, _size=len(rows))
+        book._operator = _index(p for p in rows if p.origin == OPERATOR)
+        book._catalogue = _index(p for p in rows if p.origin != OPERATOR)
         return book
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_model.values())
+        return self._size
 
-    def _resolve(self, provider: str, model: str) -> tuple[str, str] | None:
-        """The priced model an event's model string refers to.
+    def _candidates(self, provider: str, model: str) -> tuple[list[Key], str | None]:
+        """Keys to try in order, and the reason to give when none has a price (cached)."""
+        raw = (provider, model)
+        cached = self._keys.get(raw)
+        if cached is not None:
+            return cached
+        as_sent = (provider.strip().lower(), model.strip().lower())
+        keys = [as_sent] if as_sent in self._operator else []
+        reason: str | None = UNKNOWN_MODEL
+        if self.resolver is None:
+            if as_sent in self._catalogue:
+                keys.append(as_sent)
+        else:
+            resolved = self.resolver(provider, model)
+            if isinstance(resolved, str):
+                reason = resolved
+            else:
+                resolved = (resolved[0].lower(), resolved[1].lower())
+                keys.append(resolved)
+                known = resolved in self._operator or resolved in self._catalogue
+                reason = NOT_YET_PRICED if known else NO_PRICE_ROW
+        self._keys[raw] = result = (keys, reason)
+        return result
 
-        An exact name wins; otherwise the longest priced name that the event's model extends
-        with ``-`` (``gpt-4o-2024-08-06`` is priced as ``gpt-4o``).
-        """
-        key = (provider, model)
-        if key in self._lookup_cache:
-            return self._lookup_cache[key]
-        found: tuple[str, str] | None = key if key in self._by_model else None
-        if found is None:
-            candidates = [
-                known
-                for known in self._by_model
-                if known[0] == provider and model.startswith(known[1] + "-")
-            ]
-            found = max(candidates, key=lambda k: len(k[1]), default=None)
-        self._lookup_cache[key] = found
-        return found
+    def lookup(self, provider: str, model: str, at: datetime, input_tokens: int = 0) -> PriceLookup:
+        """The row pricing a call of ``model`` at ``at`` with ``input_tokens``, or why none."""
+        keys, reason = self._candidates(provider, model)
+        for key in keys:
+            for origin in (self._operator, self._catalogue):
+                versions = origin.get(key)
+                if versions is not None and (price := versions.at(at, input_tokens)) is not None:
+                    return PriceLookup(price)
+        return PriceLookup(None, reason)
 
-    def price_at(self, provider: str, model: str, at: datetime) -> TokenPrice | None:
-        """The price version in force at ``at``, or None for an unknown model or earlier time."""
-        key = self._resolve(provider, model)
-        if key is None:
-            return None
-        index = bisect.bisect_right(self._starts[key], at) - 1
-        return self._by_model[key][index] if index >= 0 else None
+    def price_at(
+        self, provider: str, model: str, at: datetime, input_tokens: int = 0
+    ) -> TokenPrice | None:
+        """The row pricing the call, or None (``lookup`` also says why)."""
+        return self.lookup(provider, model, at, input_tokens).price

@@ -1,0 +1,127 @@
+"""Promise 7 through the real worker: the stored cost is genai-prices' price of the call.
+
+Every name in tests/pricing/cases.py, times four token mixes (plain, cache reads, 5-minute and
+1-hour cache writes, a long context over the tier thresholds), goes through the emulator and
+the worker; each stored cost must equal ``genai_prices.calc_price`` within 1e-6 relative, and
+be reproducible from the model_pricing row the event names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from genai_prices import Usage, calc_price
+from sqlalchemy import select, text
+
+from biz2bricks_consumer.settings import ConsumerSettings
+from biz2bricks_consumer.worker import Worker
+from biz2bricks_core import DatabaseManager, UsageEvent
+from biz2bricks_core.models import ModelPricingModel
+from biz2bricks_core.price_rows import to_token_price
+from biz2bricks_core.pricing import event_cost
+from tests.factories import assert_counter_derivable, counters, make_event, provisioned_org
+from tests.pricing.cases import MIXES, NAMES, UNPRICED
+
+RELATIVE = Decimal("1e-6")
+
+
+def _expected(provider: str, model: str, event: UsageEvent) -> Decimal:
+    at = event.occurred_at
+    if provider == "deepseek":
+        # Known deviation: genai-prices bills DeepSeek at a time-of-day price between 00:30
+        # and 16:30 UTC (deepseek-chat $0.27/$1.10 per MTok) and $0.135/$0.55 otherwise; the
+        # catalogue keeps the latter at all hours (time-of-day prices are not modelled).
+        at = at.replace(hour=20)
+    usage = Usage(
+        input_tokens=event.input_tokens,
+        output_tokens=event.output_tokens,
+        cache_read_tokens=event.cache_read_tokens,
+        cache_write_tokens=event.cache_write_tokens,
+        cache_write_1h_tokens=event.cache_write_1h_tokens,
+    )
+    return calc_price(usage, model, provider_id=provider, genai_request_timestamp=at).total_price
+
+
+async def _stored(db: DatabaseManager, org: uuid.UUID) -> dict[uuid.UUID, Any]:
+    async with db.engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT event_id, cost_usd, pricing_id, unpriced_reason FROM usage_events"
+                " WHERE organization_id = :o"
+            ),
+            {"o": org},
+        )
+        return {r.event_id: r for r in result}
+
+
+async def test_every_name_and_token_mix_costs_what_genai_prices_says(
+    db: DatabaseManager,
+    consumer_settings: Callable[..., ConsumerSettings],
+    publish: Callable[..., None],
+) -> None:
+    # Given one event per name and token mix, and a few names no price covers
+    org = await provisioned_org(db, plan="business")
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    cases: dict[uuid.UUID, tuple[str, str, str, str, str]] = {}
+    events = []
+    for provider, model, ref_provider, ref_model in NAMES:
+        for mix, inp, out, read, write, write_1h in MIXES:
+            event = make_event(
+                org,
+                provider=provider,
+                model=model,
+                occurred_at=at,
+                input_tokens=inp,
+                output_tokens=out,
+                cache_read_tokens=read,
+                cache_write_tokens=write,
+                cache_write_1h_tokens=write_1h,
+            )
+            cases[event.event_id] = (provider, model, ref_provider, ref_model, mix)
+            events.append(event)
+    unpriced = [make_event(org, provider=p, model=m, occurred_at=at) for p, m in UNPRICED]
+    assert len(NAMES) >= 150
+
+    # When they go through the emulator and the worker
+    await asyncio.to_thread(publish, events + unpriced)
+    worker = Worker(consumer_settings(batch_max_messages=500), db)
+    await asyncio.wait_for(worker.run(), timeout=120)
+    worker.source.close()
+
+    # Then each cost is genai-prices' and reproducible from the row the event names
+    stored = await _stored(db, org)
+    async with db.session() as session:
+        rows = {r.id: to_token_price(r) for r in await session.scalars(select(ModelPricingModel))}
+    wrong = []
+    by_id = {e.event_id: e for e in events}
+    for event_id, (provider, model, ref_provider, ref_model, mix) in cases.items():
+        row, event = stored[event_id], by_id[event_id]
+        expected = _expected(ref_provider, ref_model, event)
+        if row.cost_usd is None or abs(row.cost_usd - expected) > RELATIVE * expected:
+            wrong.append(f"{provider}/{model} {mix}: stored {row.cost_usd}, expected {expected}")
+            continue
+        tokens = event.model_dump(
+            include={
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+                "cache_write_1h_tokens",
+            }
+        )
+        assert event_cost(rows[row.pricing_id], **tokens) == row.cost_usd
+    assert not wrong, "\n".join(wrong)
+
+    # And the unknown names are stored without a cost, with a reason, and counted
+    for event in unpriced:
+        row = stored[event.event_id]
+        assert (row.cost_usd, row.pricing_id) == (None, None)
+        assert row.unpriced_reason in ("unknown_model", "unknown_provider")
+    assert worker.metrics.value("usage_consumer_events_unpriced_total") == len(UNPRICED)
+    assert (await counters(db, org))["unpriced_events_period"] == len(UNPRICED)
+    await assert_counter_derivable(db, org)
