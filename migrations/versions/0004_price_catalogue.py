@@ -77,6 +77,12 @@ def upgrade() -> None:
     )
     op.alter_column("usage_events", "cost_usd", nullable=True, server_default=None)
     op.add_column("usage_events", sa.Column("unpriced_reason", sa.String(length=32), nullable=True))
+    op.create_index(
+        "ix_usage_events_unpriced",
+        "usage_events",
+        ["occurred_at"],
+        postgresql_where=sa.text("cost_usd IS NULL"),
+    )
     op.add_column(
         "usage_limits",
         sa.Column("unpriced_events_period", sa.BigInteger(), server_default="0", nullable=False),
@@ -90,6 +96,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("usage_daily_summaries", "unpriced_count")
     op.drop_column("usage_limits", "unpriced_events_period")
+    op.drop_index("ix_usage_events_unpriced", table_name="usage_events")
     op.drop_column("usage_events", "unpriced_reason")
     op.execute("UPDATE usage_events SET cost_usd = 0 WHERE cost_usd IS NULL")
     op.alter_column("usage_events", "cost_usd", nullable=False, server_default="0")

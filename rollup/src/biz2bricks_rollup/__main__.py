@@ -16,6 +16,7 @@ from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError, DatabaseUnavailableError
 from biz2bricks_core.logs import configure_logging
 from biz2bricks_rollup.reconcile import find_drift, repair
+from biz2bricks_rollup.reprice import reprice
 from biz2bricks_rollup.rollup import DayResult, RollupBusyError, days_between, run_rollup
 from biz2bricks_rollup.server import RollupServer, ServeSettings
 
@@ -39,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     reconcile = commands.add_parser("reconcile", help="compare counters with events and documents")
     reconcile.add_argument("--fix", action="store_true", help="repair the counters that differ")
+    again = commands.add_parser(
+        "reprice", help="recompute events' cost from the prices now in model_pricing"
+    )
+    again.add_argument("--from", dest="first", type=date.fromisoformat, help="first UTC day")
+    again.add_argument("--to", dest="last", type=date.fromisoformat, help="last UTC day")
+    again.add_argument("--unpriced", action="store_true", help="only events without a cost")
+    again.add_argument(
+        "--dry-run", action="store_true", help="print the differences, change nothing"
+    )
     serve = commands.add_parser("serve", help="HTTP trigger for Cloud Scheduler (POST /)")
     serve.add_argument("--port", type=int, help="default $PORT or 8080")
     return parser
@@ -89,6 +99,8 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
             if not drifts:
                 print("no drift: every counter equals its events and documents")
             return EXIT_DRIFT if drifts else EXIT_OK
+        if args.command == "reprice":
+            return await _reprice(db, args)
         return await _serve(db, args)
     except RollupBusyError as error:
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)
@@ -98,6 +110,20 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     finally:
         await db.dispose()
+
+
+async def _reprice(db: DatabaseManager, args: argparse.Namespace) -> int:
+    result = await reprice(
+        db, first=args.first, last=args.last, unpriced_only=args.unpriced, dry_run=args.dry_run
+    )
+    for line in result.lines():
+        print(line)
+    verb = "would change" if args.dry_run else "changed"
+    print(
+        f"examined {result.examined:,} event(s), {verb} {result.changed:,}"
+        + ("" if args.dry_run else f", rolled up {len(result.days)} day(s) again")
+    )
+    return EXIT_OK
 
 
 async def _serve(db: DatabaseManager, args: argparse.Namespace) -> int:

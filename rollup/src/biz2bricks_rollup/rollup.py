@@ -36,7 +36,8 @@ WITH agg AS (
     SELECT organization_id, provider, model, count(*) AS request_count,
         sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
         sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
-        sum(cost_usd) AS cost_usd
+        -- The cost of the priced events; unpriced_count says how many it leaves out.
+        coalesce(sum(cost_usd), 0) AS cost_usd, count(*) - count(cost_usd) AS unpriced_count
     FROM usage_events
     WHERE occurred_at >= :start AND occurred_at < :end
     GROUP BY organization_id, provider, model
@@ -44,19 +45,20 @@ WITH agg AS (
 written AS (
     INSERT INTO usage_daily_summaries AS s (organization_id, day, provider, model,
         request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-        cost_usd, updated_at)
+        cost_usd, unpriced_count, updated_at)
     SELECT organization_id, :day, provider, model, request_count, input_tokens, output_tokens,
-        cache_read_tokens, cache_write_tokens, cost_usd, now()
+        cache_read_tokens, cache_write_tokens, cost_usd, unpriced_count, now()
     FROM agg
     ON CONFLICT (organization_id, day, provider, model) DO UPDATE SET
         request_count = excluded.request_count, input_tokens = excluded.input_tokens,
         output_tokens = excluded.output_tokens, cache_read_tokens = excluded.cache_read_tokens,
         cache_write_tokens = excluded.cache_write_tokens, cost_usd = excluded.cost_usd,
-        updated_at = now()
+        unpriced_count = excluded.unpriced_count, updated_at = now()
     WHERE (s.request_count, s.input_tokens, s.output_tokens, s.cache_read_tokens,
-           s.cache_write_tokens, s.cost_usd)
+           s.cache_write_tokens, s.cost_usd, s.unpriced_count)
         IS DISTINCT FROM (excluded.request_count, excluded.input_tokens, excluded.output_tokens,
-           excluded.cache_read_tokens, excluded.cache_write_tokens, excluded.cost_usd)
+           excluded.cache_read_tokens, excluded.cache_write_tokens, excluded.cost_usd,
+           excluded.unpriced_count)
     RETURNING 1
 ),
 removed AS (

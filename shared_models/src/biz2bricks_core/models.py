@@ -287,6 +287,8 @@ class UsageEventModel(Base):
         # BRIN: both columns grow with insertion order, and a BRIN index costs inserts little.
         Index("ix_usage_events_received_brin", "received_at", postgresql_using="brin"),
         Index("ix_usage_events_occurred_brin", "occurred_at", postgresql_using="brin"),
+        # Few rows: what `biz2bricks-rollup reprice --unpriced` looks for.
+        Index("ix_usage_events_unpriced", "occurred_at", postgresql_where=text("cost_usd IS NULL")),
     )
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

@@ -24,7 +24,7 @@ import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Final, Literal
 
 __all__ = [
@@ -42,6 +42,8 @@ ONE_MILLION: Final = Decimal(1_000_000)
 ZERO: Final = Decimal(0)
 # Stored costs are numeric(24, 12): the Python twin rounds to the same scale.
 COST_QUANTUM: Final = Decimal("1e-12")
+# Exact products of 18-decimal prices and token counts; numeric rounds half away from zero.
+_EXACT: Final = Context(prec=60, rounding=ROUND_HALF_UP)
 
 CATALOGUE: Final = "catalogue"
 OPERATOR: Final = "operator"
@@ -97,14 +99,15 @@ def event_cost(
     elif write_1h is not None:
         uncached -= cache_write_1h_tokens
     write_5m = cache_write_tokens - (0 if write_1h is None else cache_write_1h_tokens)
-    total = (
-        uncached * price.input_per_mtok
-        + cache_read_tokens * (read or ZERO)
-        + write_5m * (write or ZERO)
-        + cache_write_1h_tokens * (write_1h or ZERO)
-        + output_tokens * price.output_per_mtok
-    ) / ONE_MILLION + (price.per_request_usd or ZERO)
-    return total.quantize(COST_QUANTUM)
+    with localcontext(_EXACT):
+        total = (
+            uncached * price.input_per_mtok
+            + cache_read_tokens * (read or ZERO)
+            + write_5m * (write or ZERO)
+            + cache_write_1h_tokens * (write_1h or ZERO)
+            + output_tokens * price.output_per_mtok
+        ) / ONE_MILLION + (price.per_request_usd or ZERO)
+        return total.quantize(COST_QUANTUM)
 
 
 def cost_sql(event: str, price: str) -> str:

@@ -106,6 +106,8 @@ class UsageSnapshot:
     storage_used_bytes: int
     storage_limit_bytes: int | None
     counters_updated_at: datetime | None
+    # Events of the period with no price: cost_usd_period is the cost of the others only.
+    unpriced_events_period: int = 0
 
 
 def as_org_id(value: uuid.UUID | str) -> uuid.UUID:
@@ -254,6 +256,8 @@ class UsageService:
                         " CASE WHEN now() >= period_end THEN 0"
                         " ELSE tokens_used_period END AS tokens,"
                         " CASE WHEN now() >= period_end THEN 0 ELSE cost_usd_period END AS cost,"
+                        " CASE WHEN now() >= period_end THEN 0"
+                        " ELSE unpriced_events_period END AS unpriced,"
                         " storage_used_bytes, storage_limit_bytes, counters_updated_at"
                         " FROM usage_limits WHERE organization_id = :org"
                     ),
@@ -275,6 +279,7 @@ class UsageService:
             storage_used_bytes=m["storage_used_bytes"],
             storage_limit_bytes=m["storage_limit_bytes"],
             counters_updated_at=m["counters_updated_at"],
+            unpriced_events_period=m["unpriced"],
         )
 
 
