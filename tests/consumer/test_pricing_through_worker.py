@@ -13,9 +13,10 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from genai_prices import Usage, calc_price
+from genai_prices import Usage, calc_price, extract_usage
 from sqlalchemy import select, text
 
 from biz2bricks_consumer.settings import ConsumerSettings
@@ -24,8 +25,11 @@ from biz2bricks_core import DatabaseManager, UsageEvent
 from biz2bricks_core.models import ModelPricingModel
 from biz2bricks_core.price_rows import to_token_price
 from biz2bricks_core.pricing import event_cost
+from biz2bricks_producer import ProducerSettings, UsageProducer
+from tests.conftest import PubSubNames
 from tests.factories import assert_counter_derivable, counters, make_event, provisioned_org
 from tests.pricing.cases import MIXES, NAMES, UNPRICED
+from tests.pricing.recorded_usage import RECORDED
 
 RELATIVE = Decimal("1e-6")
 
@@ -125,3 +129,40 @@ async def test_every_name_and_token_mix_costs_what_genai_prices_says(
     assert worker.metrics.value("usage_consumer_events_unpriced_total") == len(UNPRICED)
     assert (await counters(db, org))["unpriced_events_period"] == len(UNPRICED)
     await assert_counter_derivable(db, org)
+
+
+async def test_recorded_provider_usage_is_billed_like_genai_prices_bills_the_response(
+    db: DatabaseManager,
+    consumer_settings: Callable[..., ConsumerSettings],
+    pubsub_names: PubSubNames,
+    tmp_path: Path,
+) -> None:
+    # Given real response shapes recorded through UsageProducer.record_usage
+    org = await provisioned_org(db)
+    settings = ProducerSettings(
+        project_id=pubsub_names.project_id, topic=pubsub_names.topic, spool_dir=tmp_path
+    )
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    expected = {}
+    with UsageProducer(settings) as producer:
+        for provider, model, (gp_provider, flavor), body, _ in RECORDED:
+            usage = body.get("usage", body.get("usageMetadata"))
+            event_id = producer.record_usage(
+                organization_id=org, provider=provider, model=model, usage=usage, occurred_at=at
+            )
+            extracted = extract_usage(body, provider_id=gp_provider, api_flavor=flavor)
+            expected[event_id] = calc_price(
+                extracted.usage, model, provider_id=provider, genai_request_timestamp=at
+            ).total_price
+        assert producer.flush(timeout=30)
+
+    # When the worker writes them
+    worker = Worker(consumer_settings(), db)
+    await asyncio.wait_for(worker.run(), timeout=120)
+    worker.source.close()
+
+    # Then each costs what genai-prices computes from the whole response
+    stored = await _stored(db, org)
+    for event_id, price in expected.items():
+        assert stored[event_id].cost_usd is not None
+        assert abs(stored[event_id].cost_usd - price) <= RELATIVE * price, event_id

@@ -32,6 +32,7 @@ from biz2bricks_producer.errors import PubSubUnavailableError
 from biz2bricks_producer.metrics import ProducerMetrics
 from biz2bricks_producer.settings import ProducerSettings
 from biz2bricks_producer.spool import Message, Spool, encode_line
+from biz2bricks_producer.usage_adapters import token_fields
 
 log = logging.getLogger("biz2bricks_producer")
 
@@ -119,6 +120,7 @@ class UsageProducer:
         user_id: uuid.UUID | str | None = None,
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
         operation: str | None = None,
         request_id: str | None = None,
         occurred_at: datetime | None = None,
@@ -141,6 +143,7 @@ class UsageProducer:
             "output_tokens": output_tokens,
             "cache_read_tokens": cache_read_tokens,
             "cache_write_tokens": cache_write_tokens,
+            "cache_write_1h_tokens": cache_write_1h_tokens,
             "operation": operation,
             "request_id": request_id,
             "metadata": metadata,
@@ -154,6 +157,33 @@ class UsageProducer:
             return self._reject(fields["event_id"], f"{type(error).__name__}: {error}")
         self._send(data, attributes)
         return event.event_id
+
+    def record_usage(
+        self,
+        *,
+        organization_id: uuid.UUID | str,
+        provider: str,
+        model: str,
+        usage: Any,
+        **fields: Any,
+    ) -> uuid.UUID:
+        """Record one LLM call from its provider's usage object (or its dict).
+
+        OpenAI Chat and Responses, Anthropic Messages, Bedrock Converse and Gemini usage are
+        mapped onto the contract (see usage_adapters: Anthropic's input excludes cache reads
+        and writes, Gemini's thinking tokens are output). ``fields`` are the other keywords
+        of ``record_tokens`` (user_id, operation, request_id, occurred_at, metadata, ...).
+        """
+        try:
+            tokens = token_fields(usage)
+        except InvalidEventError as error:
+            return self._reject(fields.get("event_id") or uuid.uuid4(), error.reason)
+        except Exception as error:  # never into the caller: bad data is counted, not raised
+            reason = f"usage: {type(error).__name__}: {error}"
+            return self._reject(fields.get("event_id") or uuid.uuid4(), reason)
+        return self.record_tokens(
+            organization_id=organization_id, provider=provider, model=model, **tokens, **fields
+        )
 
     def _reject(self, event_id: object, reason: str) -> uuid.UUID:
         self.metrics.add("rejected")
