@@ -1,5 +1,9 @@
 """Consumer write path: decoded batches -> committed rows and counters.
 
+The events use the provider and model spellings of tests/pricing/cases.py (aliases, prefixes,
+dated ids) and every tenth one a long context, so name resolution and tier choice are in the
+measured path.
+
 Compared in one run against (a) raw asyncpg: unnest insert ON CONFLICT DO NOTHING RETURNING
 plus one summed counter UPDATE per batch, and (b) one transaction per event with
 SELECT .. FOR UPDATE (the original library's pattern). Bars: >= 0.6x (a), >= 25x (b).
@@ -24,6 +28,7 @@ from biz2bricks_core import UsageEvent
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
 from tests.factories import message_for
+from tests.pricing.cases import NAMES
 from tests.support import libpq_url
 
 RAW_INSERT = """
@@ -44,6 +49,18 @@ WHERE u.organization_id = d.organization_id
 
 def chunks(items: list[UsageEvent], size: int) -> list[list[UsageEvent]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def realistic(items: list[UsageEvent]) -> list[UsageEvent]:
+    """The events with the spellings applications send, and some long-context calls."""
+    out = []
+    for i, e in enumerate(items):
+        provider, model, _, _ = NAMES[i % len(NAMES)]
+        update: dict[str, object] = {"provider": provider, "model": model}
+        if i % 10 == 0:
+            update["input_tokens"] = 250_000 + i % 50_000
+        out.append(e.model_copy(update=update))
+    return out
 
 
 async def raw_batches(conn: asyncpg.Connection, batches: list[list[UsageEvent]]) -> None:
@@ -107,8 +124,8 @@ async def measure(url: str, n_events: int, n_orgs: int, batch_size: int, rounds:
         ours_s = raw_s = 0.0
         per_round = n_events // rounds
         for r in range(rounds):
-            raw_events = chunks(events(orgs, per_round), batch_size)
-            our_events = events(orgs, per_round)
+            raw_events = chunks(realistic(events(orgs, per_round)), batch_size)
+            our_events = realistic(events(orgs, per_round))
             our_batches = [
                 Batch(
                     events=c,
