@@ -16,6 +16,7 @@ from biz2bricks_core import DatabaseManager, UsageService
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
 from biz2bricks_rollup.__main__ import main as rollup_main
+from biz2bricks_rollup.reconcile import find_drift, repair
 from biz2bricks_rollup.reprice import reprice
 from biz2bricks_rollup.rollup import run_rollup
 from tests.factories import assert_counter_derivable, make_event, message_for, provisioned_org
@@ -158,3 +159,22 @@ def test_reprice_command_dry_run_prints_the_differences(
     assert rollup_main(["reprice", "--unpriced", "--dry-run"]) == 0
     assert "would change" in capsys.readouterr().out
     assert rollup_main(["reprice", "--from", "2024-02-02", "--to", "2024-02-01"]) == 2
+
+
+async def test_reconcile_repairs_a_drifted_unpriced_counter(db: DatabaseManager) -> None:
+    # Given an organization with one unpriced event whose counter was tampered with
+    org = await provisioned_org(db)
+    await _write(db, make_event(org, model=f"acme-ft-{uuid.uuid4().hex[:8]}"))
+    async with db.session() as session:
+        await session.execute(
+            text("UPDATE usage_limits SET unpriced_events_period = 5 WHERE organization_id = :o"),
+            {"o": org},
+        )
+
+    # When reconcile looks and repairs
+    drifted = [d for d in await find_drift(db) if d.organization_id == org]
+    await repair(db, drifted)
+
+    # Then it named the difference and the counter equals the events again
+    assert "unpriced events 5 vs 1" in drifted[0].describe()
+    await assert_counter_derivable(db, org)

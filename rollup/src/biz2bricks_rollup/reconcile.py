@@ -1,8 +1,9 @@
 """Reconcile: recompute each organization's counters from the facts and repair drift.
 
-Tokens and cost come from ``usage_events`` in the organization's current period; storage from
-its live documents. Repairs lock the rows they fix (organization order, as the consumer does),
-recompute under the lock and write in the same transaction, so they cannot race the consumer.
+Tokens, cost and the count of unpriced events come from ``usage_events`` in the organization's
+current period; storage from its live documents. Repairs lock the rows they fix (organization
+order, as the consumer does), recompute under the lock and write in the same transaction, so
+they cannot race the consumer.
 Caveat: a storage reservation whose document row is not yet written (an upload in progress)
 looks like drift; run ``--fix`` when uploads are quiet, or accept that it re-reserves on commit.
 """
@@ -21,10 +22,12 @@ EXPECTED = """
 SELECT l.organization_id,
     l.tokens_used_period, coalesce(e.tokens, 0) AS expected_tokens,
     l.cost_usd_period, coalesce(e.cost, 0) AS expected_cost,
+    l.unpriced_events_period, coalesce(e.unpriced, 0) AS expected_unpriced,
     l.storage_used_bytes, coalesce(d.bytes, 0) AS expected_storage
 FROM usage_limits l
 LEFT JOIN LATERAL (
-    SELECT sum(input_tokens + output_tokens) AS tokens, sum(cost_usd) AS cost
+    SELECT sum(input_tokens + output_tokens) AS tokens, sum(cost_usd) AS cost,
+        count(*) - count(cost_usd) AS unpriced
     FROM usage_events ev WHERE ev.organization_id = l.organization_id
         AND ev.occurred_at >= l.period_start AND ev.occurred_at < l.period_end) e ON true
 LEFT JOIN LATERAL (
@@ -35,6 +38,7 @@ ORDER BY l.organization_id
 """
 DRIFTED = (
     "l.tokens_used_period <> coalesce(e.tokens, 0) OR l.cost_usd_period <> coalesce(e.cost, 0)"
+    " OR l.unpriced_events_period <> coalesce(e.unpriced, 0)"
     " OR l.storage_used_bytes <> coalesce(d.bytes, 0)"
 )
 FIND = text(EXPECTED.format(where=DRIFTED))
@@ -45,7 +49,8 @@ LOCK = text(
 )
 REPAIR = text(
     "UPDATE usage_limits SET tokens_used_period = :tokens, cost_usd_period = :cost,"
-    " storage_used_bytes = :storage, updated_at = now() WHERE organization_id = :org"
+    " unpriced_events_period = :unpriced, storage_used_bytes = :storage, updated_at = now()"
+    " WHERE organization_id = :org"
 )
 AUDIT = text(
     "INSERT INTO audit_logs (organization_id, action, entity_type, entity_id, details)"
@@ -64,6 +69,8 @@ class Drift:
     expected_cost: Decimal
     storage: int
     expected_storage: int
+    unpriced: int = 0
+    expected_unpriced: int = 0
 
     def describe(self) -> str:
         """One line: what differs and by how much."""
@@ -75,6 +82,8 @@ class Drift:
             )
         if self.cost != self.expected_cost:
             parts.append(f"cost {self.cost} vs {self.expected_cost}")
+        if self.unpriced != self.expected_unpriced:
+            parts.append(f"unpriced events {self.unpriced} vs {self.expected_unpriced}")
         if self.storage != self.expected_storage:
             parts.append(
                 f"storage {self.storage} vs {self.expected_storage} "
@@ -93,6 +102,8 @@ def _drift(row: object) -> Drift:
         r["expected_cost"],
         int(r["storage_used_bytes"]),
         int(r["expected_storage"]),
+        int(r["unpriced_events_period"]),
+        int(r["expected_unpriced"]),
     )
 
 
@@ -117,6 +128,7 @@ async def repair(db: DatabaseManager, drifts: list[Drift]) -> list[Drift]:
                     "org": d.organization_id,
                     "tokens": d.expected_tokens,
                     "cost": d.expected_cost,
+                    "unpriced": d.expected_unpriced,
                     "storage": d.expected_storage,
                 },
             )
@@ -139,5 +151,6 @@ def _details(d: Drift) -> str:
             "tokens": [d.tokens, d.expected_tokens],
             "cost": [str(d.cost), str(d.expected_cost)],
             "storage": [d.storage, d.expected_storage],
+            "unpriced_events": [d.unpriced, d.expected_unpriced],
         }
     )
