@@ -1,7 +1,8 @@
 """Price catalogue of every genai-prices model, tiers and 1-hour cache writes; no silent $0.
 
 - model_pricing: prices in numeric(30, 18); a long-context tier column
-  (``above_input_tokens``), 1-hour cache-write and per-request prices, ``origin``
+  (``above_input_tokens``), a daily window for time-of-day prices, 1-hour cache-write and
+  per-request prices, ``origin``
   (catalogue / operator) and ``retired_at`` (rows are never updated); the unique key covers
   live rows only. The catalogue of genai-prices 0.2.3 is applied with ``sync_catalogue``:
   seeded rows whose prices did not change keep their ids.
@@ -44,6 +45,11 @@ def upgrade() -> None:
         "model_pricing",
         sa.Column("above_input_tokens", sa.BigInteger(), server_default="0", nullable=False),
     )
+    for column, default in (("daily_from_minute", "0"), ("daily_until_minute", "1440")):
+        op.add_column(
+            "model_pricing",
+            sa.Column(column, sa.SmallInteger(), server_default=default, nullable=False),
+        )
     op.add_column("model_pricing", sa.Column("cache_write_1h_per_mtok", PRICE, nullable=True))
     op.add_column("model_pricing", sa.Column("per_request_usd", PRICE, nullable=True))
     op.add_column(
@@ -61,11 +67,23 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f("ck_model_pricing_tier_nonnegative"), "model_pricing", "above_input_tokens >= 0"
     )
+    op.create_check_constraint(
+        op.f("ck_model_pricing_daily_window_valid"),
+        "model_pricing",
+        "daily_from_minute BETWEEN 0 AND 1439 AND daily_until_minute BETWEEN 1 AND 1440",
+    )
     op.drop_constraint("uq_model_pricing_provider", "model_pricing", type_="unique")
     op.create_index(
         "uq_model_pricing_live",
         "model_pricing",
-        ["origin", "provider", "model", "effective_from", "above_input_tokens"],
+        [
+            "origin",
+            "provider",
+            "model",
+            "effective_from",
+            "above_input_tokens",
+            "daily_from_minute",
+        ],
         unique=True,
         postgresql_where=sa.text("retired_at IS NULL"),
     )
@@ -104,15 +122,23 @@ def downgrade() -> None:
 
     op.execute(
         "DELETE FROM model_pricing WHERE origin <> 'catalogue' OR retired_at IS NOT NULL"
-        " OR above_input_tokens > 0"
+        " OR above_input_tokens > 0 OR daily_from_minute <> 0 OR daily_until_minute <> 1440"
     )
     op.drop_index("uq_model_pricing_live", table_name="model_pricing")
     op.create_unique_constraint(
         "uq_model_pricing_provider", "model_pricing", ["provider", "model", "effective_from"]
     )
+    op.drop_constraint(op.f("ck_model_pricing_daily_window_valid"), "model_pricing", type_="check")
     op.drop_constraint(op.f("ck_model_pricing_tier_nonnegative"), "model_pricing", type_="check")
     op.drop_constraint(op.f("ck_model_pricing_origin_known"), "model_pricing", type_="check")
-    for column in ("retired_at", "origin", "per_request_usd", "cache_write_1h_per_mtok"):
+    for column in (
+        "retired_at",
+        "origin",
+        "per_request_usd",
+        "cache_write_1h_per_mtok",
+        "daily_until_minute",
+        "daily_from_minute",
+    ):
         op.drop_column("model_pricing", column)
     op.drop_column("model_pricing", "above_input_tokens")
     for column in PRICE_COLUMNS:

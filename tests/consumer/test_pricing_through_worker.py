@@ -36,11 +36,6 @@ RELATIVE = Decimal("1e-6")
 
 def _expected(provider: str, model: str, event: UsageEvent) -> Decimal:
     at = event.occurred_at
-    if provider == "deepseek":
-        # Known deviation: genai-prices bills DeepSeek at a time-of-day price between 00:30
-        # and 16:30 UTC (deepseek-chat $0.27/$1.10 per MTok) and $0.135/$0.55 otherwise; the
-        # catalogue keeps the latter at all hours (time-of-day prices are not modelled).
-        at = at.replace(hour=20)
     usage = Usage(
         input_tokens=event.input_tokens,
         output_tokens=event.output_tokens,

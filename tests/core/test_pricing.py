@@ -74,3 +74,71 @@ def test_without_a_resolver_only_the_exact_name_is_priced() -> None:
     assert book.price_at("openai", "gpt-4o-2024-05-13", T1) is None
     assert book.lookup("openai", "gpt-4o-2024-05-13", T1).reason == "unknown_model"
     assert book.price_at("anthropic", "gpt-4o", T1) is None
+
+
+def test_a_time_of_day_price_applies_in_its_window_only() -> None:
+    # DeepSeek's shape: the all-day row is the off-peak price; 00:30-16:30 UTC costs double.
+    off_peak = TokenPrice("deepseek", "deepseek-chat", T0, Decimal("0.135"), Decimal("0.55"))
+    peak = TokenPrice(
+        "deepseek",
+        "deepseek-chat",
+        T0,
+        Decimal("0.27"),
+        Decimal("1.1"),
+        daily_from_minute=30,
+        daily_until_minute=16 * 60 + 30,
+    )
+    book = PriceBook.from_prices([off_peak, peak])
+    day = datetime(2025, 3, 3, tzinfo=UTC)
+    assert book.price_at("deepseek", "deepseek-chat", day.replace(hour=0, minute=29)) is off_peak
+    assert book.price_at("deepseek", "deepseek-chat", day.replace(hour=0, minute=30)) is peak
+    assert book.price_at("deepseek", "deepseek-chat", day.replace(hour=16, minute=29)) is peak
+    assert book.price_at("deepseek", "deepseek-chat", day.replace(hour=16, minute=30)) is off_peak
+
+
+def test_a_daily_window_may_wrap_past_midnight() -> None:
+    night = TokenPrice(
+        "p", "m", T0, Decimal(1), Decimal(1), daily_from_minute=22 * 60, daily_until_minute=2 * 60
+    )
+    day_price = TokenPrice("p", "m", T0, Decimal(2), Decimal(2))
+    book = PriceBook.from_prices([night, day_price])
+    assert book.price_at("p", "m", datetime(2025, 3, 3, 23, 0, tzinfo=UTC)) is night
+    assert book.price_at("p", "m", datetime(2025, 3, 4, 1, 59, tzinfo=UTC)) is night
+    assert book.price_at("p", "m", datetime(2025, 3, 4, 2, 0, tzinfo=UTC)) is day_price
+
+
+def test_long_context_tier_is_chosen_by_the_calls_input_size() -> None:
+    base = TokenPrice("anthropic", "claude-sonnet-4-5", T0, Decimal(3), Decimal(15))
+    long = TokenPrice(
+        "anthropic",
+        "claude-sonnet-4-5",
+        T0,
+        Decimal(6),
+        Decimal("22.5"),
+        above_input_tokens=200_000,
+    )
+    book = PriceBook.from_prices([long, base])
+    assert book.price_at("anthropic", "claude-sonnet-4-5", T1, 200_000) is base
+    assert book.price_at("anthropic", "claude-sonnet-4-5", T1, 200_001) is long
+
+
+def test_an_operator_row_wins_over_the_catalogue_row() -> None:
+    catalogue = TokenPrice("openai", "gpt-4o", T0, Decimal("2.5"), Decimal(10))
+    negotiated = TokenPrice("openai", "gpt-4o", T1, Decimal(2), Decimal(8), origin="operator")
+    book = PriceBook.from_prices([catalogue, negotiated])
+    assert book.price_at("openai", "gpt-4o", datetime(2025, 1, 1, tzinfo=UTC)) is catalogue
+    assert book.price_at("openai", "gpt-4o", T1) is negotiated
+
+
+def test_one_hour_cache_writes_are_priced_apart_from_five_minute_writes() -> None:
+    price = TokenPrice(
+        "anthropic", "m", T0, Decimal(3), Decimal(15), Decimal("0.3"), Decimal("3.75"), Decimal(6)
+    )
+    cost = event_cost(
+        price,
+        input_tokens=1_000_000,
+        output_tokens=0,
+        cache_write_tokens=300_000,
+        cache_write_1h_tokens=100_000,
+    )
+    assert cost == Decimal("2.1") + Decimal("0.75") + Decimal("0.6")

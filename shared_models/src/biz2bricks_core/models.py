@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -217,11 +218,16 @@ class ModelPricingModel(Base):
             "model",
             "effective_from",
             "above_input_tokens",
+            "daily_from_minute",
             unique=True,
             postgresql_where=text("retired_at IS NULL"),
         ),
         CheckConstraint("origin IN ('catalogue', 'operator')", name="origin_known"),
         CheckConstraint("above_input_tokens >= 0", name="tier_nonnegative"),
+        CheckConstraint(
+            "daily_from_minute BETWEEN 0 AND 1439 AND daily_until_minute BETWEEN 1 AND 1440",
+            name="daily_window_valid",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
@@ -230,6 +236,9 @@ class ModelPricingModel(Base):
     effective_from: Mapped[datetime]
     # Long-context tier: the row prices calls whose input_tokens exceed this (0: base tier).
     above_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Time-of-day price: applies in [from, until) minutes of the UTC day (wraps past midnight).
+    daily_from_minute: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    daily_until_minute: Mapped[int] = mapped_column(SmallInteger, server_default="1440")
     input_per_mtok: Mapped[Decimal] = mapped_column(PricePerMTok)
     output_per_mtok: Mapped[Decimal] = mapped_column(PricePerMTok)
     cache_read_per_mtok: Mapped[Decimal | None] = mapped_column(PricePerMTok)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -44,7 +44,14 @@ _PRICE_KEYS: Final = {
     "cache_write_mtok": "cache_write_per_mtok",
     "cache_write_1h_mtok": "cache_write_1h_per_mtok",
 }
-_KEY_COLUMNS: Final = ("provider", "model", "effective_from", "above_input_tokens")
+_KEY_COLUMNS: Final = (
+    "provider",
+    "model",
+    "effective_from",
+    "above_input_tokens",
+    "daily_from_minute",
+    "daily_until_minute",
+)
 
 
 def _tier_price(value: Any, above: int) -> Decimal | None:
@@ -61,7 +68,12 @@ def _tier_price(value: Any, above: int) -> Decimal | None:
 
 
 def _version_rows(
-    provider: str, model: str, start: datetime, prices: Any, source: str
+    provider: str,
+    model: str,
+    start: datetime,
+    prices: Any,
+    source: str,
+    daily: tuple[int, int] = (0, 24 * 60),
 ) -> list[dict[str, Any]]:
     from genai_prices.types import TieredPrices
 
@@ -79,6 +91,8 @@ def _version_rows(
             "model": model,
             "effective_from": start.isoformat(),
             "above_input_tokens": above,
+            "daily_from_minute": daily[0],
+            "daily_until_minute": daily[1],
         }
         for column, value in values.items():
             price = _tier_price(value, above)
@@ -95,9 +109,8 @@ def _version_rows(
 def catalogue_rows(snapshot: DataSnapshot | None = None) -> list[dict[str, Any]]:
     """Rows for every token-priced model of every provider, each price version and tier.
 
-    Time-of-day prices (DeepSeek's off-peak discount) are not kept: the standard price
-    applies at all hours. Request-context variants (service tiers) are not kept either: the
-    event contract does not carry the service tier.
+    Time-of-day prices (DeepSeek's) become rows with a daily window. Request-context variants
+    (service tiers such as flex or priority) are not kept: the event does not carry the tier.
     """
     from genai_prices import __version__, data_snapshot, types
 
@@ -114,6 +127,11 @@ def catalogue_rows(snapshot: DataSnapshot | None = None) -> list[dict[str, Any]]
             for index, version in enumerate(versions):
                 constraint = version.constraint
                 if isinstance(constraint, types.TimeOfDateConstraint):
+                    # Active at its hours whatever the date, over every earlier version.
+                    daily = (_minute(constraint.start_time), _minute(constraint.end_time))
+                    rows += _version_rows(
+                        provider.id, model.id, EPOCH, version.prices, source, daily
+                    )
                     continue
                 start = EPOCH
                 if index > 0 and isinstance(constraint, types.StartDateConstraint):
@@ -123,6 +141,14 @@ def catalogue_rows(snapshot: DataSnapshot | None = None) -> list[dict[str, Any]]
                 previous = start
                 rows += _version_rows(provider.id, model.id, start, version.prices, source)
     return rows
+
+
+def _minute(at: time) -> int:
+    """Minute of the UTC day (genai-prices' times of day are whole minutes)."""
+    utc = at if at.tzinfo is None else datetime.combine(date(1970, 1, 1), at).astimezone(UTC)
+    if utc.second or utc.microsecond:
+        raise ValueError(f"time of day {at} is not a whole minute")
+    return utc.hour * 60 + utc.minute
 
 
 def _midnight(day: date) -> datetime:
@@ -146,6 +172,8 @@ _pricing = sa.table(
     sa.column("model", sa.String),
     sa.column("effective_from", sa.DateTime(timezone=True)),
     sa.column("above_input_tokens", sa.BigInteger),
+    sa.column("daily_from_minute", sa.SmallInteger),
+    sa.column("daily_until_minute", sa.SmallInteger),
     *(sa.column(c, sa.Numeric) for c in PRICE_COLUMNS),
     sa.column("source", sa.String),
     sa.column("origin", sa.String),

@@ -26,6 +26,8 @@ def to_token_price(r: ModelPricingModel) -> TokenPrice:
         above_input_tokens=r.above_input_tokens,
         origin=OPERATOR if r.origin == OPERATOR else CATALOGUE,
         id=r.id,
+        daily_from_minute=r.daily_from_minute,
+        daily_until_minute=r.daily_until_minute,
     )
 
 

@@ -16,6 +16,9 @@ How a call is billed, as the providers bill it and as ``genai-prices`` computes 
   chosen tier prices every token of the call ("cliff" pricing, as Anthropic, Google and
   OpenAI bill).
 - ``per_request_usd`` is a flat fee per call, for the few models priced that way.
+- A time-of-day row (DeepSeek's peak and off-peak prices) applies to calls whose UTC time of
+  day lies in ``[daily_from_minute, daily_until_minute)`` (wrapping past midnight when from >
+  until) and wins over the model's all-day rows, as genai-prices applies it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Final, Literal
 
@@ -45,6 +48,7 @@ COST_QUANTUM: Final = Decimal("1e-12")
 # Exact products of 18-decimal prices and token counts; numeric rounds half away from zero.
 _EXACT: Final = Context(prec=60, rounding=ROUND_HALF_UP)
 
+MINUTES_PER_DAY: Final = 24 * 60
 CATALOGUE: Final = "catalogue"
 OPERATOR: Final = "operator"
 Origin = Literal["catalogue", "operator"]
@@ -72,6 +76,18 @@ class TokenPrice:
     above_input_tokens: int = 0
     origin: Origin = CATALOGUE
     id: int | None = None
+    daily_from_minute: int = 0
+    daily_until_minute: int = MINUTES_PER_DAY
+
+    @property
+    def all_day(self) -> bool:
+        """False for a time-of-day price."""
+        return (self.daily_from_minute, self.daily_until_minute) == (0, MINUTES_PER_DAY)
+
+    def in_force_at_minute(self, minute: int) -> bool:
+        """Whether a call at this UTC minute of the day falls in the row's daily window."""
+        start, end = self.daily_from_minute, self.daily_until_minute
+        return start <= minute < end if start < end else minute >= start or minute < end
 
 
 def event_cost(
@@ -163,23 +179,36 @@ class PriceLookup:
 class _Versions:
     starts: list[datetime] = field(default_factory=list)
     tiers: list[list[TokenPrice]] = field(default_factory=list)
+    daily: list[list[TokenPrice]] = field(default_factory=list)
 
     def at(self, when: datetime, input_tokens: int) -> TokenPrice | None:
+        if self.daily:
+            utc = when.astimezone(UTC)
+            minute = utc.hour * 60 + utc.minute
+            for tiers in self.daily:
+                first = tiers[0]
+                if first.effective_from <= when and first.in_force_at_minute(minute):
+                    return choose_tier(tiers, input_tokens)
         index = bisect.bisect_right(self.starts, when) - 1
         return choose_tier(self.tiers[index], input_tokens) if index >= 0 else None
 
 
 def _index(prices: Iterable[TokenPrice]) -> dict[Key, _Versions]:
-    grouped: dict[Key, dict[datetime, list[TokenPrice]]] = {}
-    for price in prices:
-        versions = grouped.setdefault((price.provider.lower(), price.model.lower()), {})
-        versions.setdefault(price.effective_from, []).append(price)
+    grouped: dict[Key, dict[tuple[datetime, int, int], list[TokenPrice]]] = {}
+    for p in prices:
+        versions = grouped.setdefault((p.provider.lower(), p.model.lower()), {})
+        version = (p.effective_from, p.daily_from_minute, p.daily_until_minute)
+        versions.setdefault(version, []).append(p)
     index: dict[Key, _Versions] = {}
     for key, versions in grouped.items():
         entry = index[key] = _Versions()
-        for start in sorted(versions):
-            entry.starts.append(start)
-            entry.tiers.append(sorted(versions[start], key=lambda p: p.above_input_tokens))
+        for version in sorted(versions):
+            tiers = sorted(versions[version], key=lambda p: p.above_input_tokens)
+            if tiers[0].all_day:
+                entry.starts.append(version[0])
+                entry.tiers.append(tiers)
+            else:
+                entry.daily.append(tiers)
     return index
 
 
