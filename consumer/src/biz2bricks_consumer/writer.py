@@ -30,8 +30,10 @@ from biz2bricks_consumer.batching import (
     conflict_reason,
     storable_attributes,
 )
+from biz2bricks_core.credits import credits_after_period_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.events import UsageEvent
+from biz2bricks_core.periods import period_end_sql, period_start_sql
 from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
 
 # Statements run on the asyncpg connection under a pooled SQLAlchemy one: SQLAlchemy's
@@ -42,6 +44,7 @@ LOCK_ORGS = (
     " ORDER BY organization_id FOR UPDATE"
 )
 
+PERIOD_END = period_end_sql("t.new_start", "t.period_unit")
 INSERT_AND_COUNT = f"""
 WITH input AS (
     -- Events arrive as one JSON array (serialised from the validated models) plus the
@@ -78,32 +81,32 @@ target AS (
     -- The period each organization's counters belong to after this batch.
     SELECT l.organization_id, l.period_start, count(*) AS inserted,
         CASE WHEN max(i.occurred_at) >= l.period_end
-            THEN date_trunc(l.period_unit, max(i.occurred_at), 'UTC')
+            THEN {period_start_sql("max(i.occurred_at)", "l.period_unit")}
             ELSE l.period_start END AS new_start,
         l.period_unit
     FROM usage_limits l JOIN inserted i USING (organization_id)
     GROUP BY l.organization_id
 ),
-sums AS (
-    SELECT t.organization_id, t.new_start, t.inserted,
-        t.new_start + CAST('1 ' || t.period_unit AS interval) AS new_end,
-        coalesce(sum(i.tokens) FILTER (WHERE i.occurred_at >= t.new_start
-            AND i.occurred_at < t.new_start + CAST('1 ' || t.period_unit AS interval)), 0)
-            AS tokens,
-        coalesce(sum(i.cost_usd) FILTER (WHERE i.occurred_at >= t.new_start
-            AND i.occurred_at < t.new_start + CAST('1 ' || t.period_unit AS interval)), 0)
-            AS cost,
-        count(*) FILTER (WHERE i.cost_usd IS NULL AND i.occurred_at >= t.new_start
-            AND i.occurred_at < t.new_start + CAST('1 ' || t.period_unit AS interval))
-            AS unpriced
+counted AS (
+    -- Late events of an earlier period are stored but not counted in the current one.
+    SELECT t.organization_id, t.new_start, t.inserted, {PERIOD_END} AS new_end,
+        i.tokens, i.cost_usd,
+        i.occurred_at >= t.new_start AND i.occurred_at < {PERIOD_END} AS in_period
     FROM target t JOIN inserted i USING (organization_id)
-    GROUP BY t.organization_id, t.new_start, t.inserted, t.period_unit
+),
+sums AS (
+    SELECT organization_id, new_start, new_end, inserted,
+        coalesce(sum(tokens) FILTER (WHERE in_period), 0) AS tokens,
+        coalesce(sum(cost_usd) FILTER (WHERE in_period), 0) AS cost,
+        count(*) FILTER (WHERE in_period AND cost_usd IS NULL) AS unpriced
+    FROM counted
+    GROUP BY organization_id, new_start, new_end, inserted
 )
 UPDATE usage_limits u SET
     -- Credits pay for what the finished period used beyond the plan, once, at the roll.
     credits_tokens = CASE WHEN s.new_start = u.period_start THEN u.credits_tokens
-        ELSE greatest(u.credits_tokens - greatest(
-            u.tokens_used_period - coalesce(u.token_limit, u.tokens_used_period), 0), 0) END,
+        ELSE {credits_after_period_sql("u.credits_tokens", "u.tokens_used_period", "u.token_limit")}
+        END,
     tokens_used_period = CASE WHEN s.new_start = u.period_start
         THEN u.tokens_used_period ELSE 0 END + s.tokens,
     cost_usd_period = CASE WHEN s.new_start = u.period_start
