@@ -114,6 +114,24 @@ def test_cache_tokens_equal_to_input_tokens_are_accepted() -> None:
     assert decode(body(input_tokens=100, cache_read_tokens=70, cache_write_tokens=30))
 
 
+def test_one_hour_cache_writes_above_cache_writes_are_rejected() -> None:
+    with pytest.raises(InvalidEventError, match="cache_write_1h_tokens"):
+        decode(body(input_tokens=100, cache_write_tokens=30, cache_write_1h_tokens=31))
+
+
+def test_one_hour_cache_writes_within_cache_writes_are_accepted() -> None:
+    event = decode(body(input_tokens=100, cache_write_tokens=30, cache_write_1h_tokens=30))
+    assert event.cache_write_1h_tokens == 30
+
+
+def test_a_body_without_one_hour_writes_leaves_the_field_out() -> None:
+    # Consumers deployed before the field existed refuse unknown fields: 0 is not sent.
+    plain = validate_event(body(), now=NOW)
+    assert b"cache_write_1h_tokens" not in encode_event(plain)[0]
+    with_1h = validate_event(body(cache_write_tokens=10, cache_write_1h_tokens=4), now=NOW)
+    assert decode_event(*encode_event(with_1h), now=NOW).cache_write_1h_tokens == 4
+
+
 def test_a_timestamp_beyond_the_allowed_skew_is_rejected() -> None:
     future = (NOW + timedelta(minutes=10)).isoformat()
     with pytest.raises(InvalidEventError, match=r"occurred_at: .*in the future"):

@@ -60,6 +60,8 @@ class UnpricedLog:
 
     def report(self, unpriced: Iterable[tuple[str, str, str]]) -> None:
         """Count the batch's unpriced events; log the models whose interval has passed."""
+        if len(self._pending) >= self._max_models:
+            self._pending.clear()  # bounded memory; the metric still counts every event
         self._pending.update(unpriced)
         now = time.monotonic()
         for (provider, model, reason), events in list(self._pending.items()):
