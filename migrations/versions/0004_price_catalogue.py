@@ -9,6 +9,9 @@
 - usage_events: ``cache_write_1h_tokens``; ``cost_usd`` nullable without default, and
   ``unpriced_reason`` for the events no price row covers.
 - usage_limits.unpriced_events_period and usage_daily_summaries.unpriced_count.
+- Events stored at $0 for want of a price row (pricing_id NULL) become unpriced (cost NULL)
+  and are counted: run ``biz2bricks-rollup reprice --unpriced`` after the upgrade to price them
+  from the new catalogue and rebuild their days.
 
 Downgrade keeps one live base-tier catalogue row per (provider, model, effective_from) and
 deletes the others, and stores the unpriced events' cost as 0: the old schema cannot say
@@ -108,6 +111,20 @@ def upgrade() -> None:
     op.add_column(
         "usage_daily_summaries",
         sa.Column("unpriced_count", sa.BigInteger(), server_default="0", nullable=False),
+    )
+    # Before this revision an event without a price row was stored at $0 (pricing_id NULL):
+    # say it is unknown, and count it, so that `biz2bricks-rollup reprice --unpriced` prices it.
+    op.execute(
+        "UPDATE usage_events SET cost_usd = NULL, unpriced_reason = 'no_price_row'"
+        " WHERE pricing_id IS NULL AND cost_usd = 0"
+    )
+    op.execute(
+        "UPDATE usage_limits l SET unpriced_events_period = e.unpriced FROM ("
+        " SELECT l2.organization_id, count(*) AS unpriced FROM usage_limits l2"
+        " JOIN usage_events ev ON ev.organization_id = l2.organization_id"
+        " AND ev.occurred_at >= l2.period_start AND ev.occurred_at < l2.period_end"
+        " WHERE ev.cost_usd IS NULL GROUP BY l2.organization_id) e"
+        " WHERE l.organization_id = e.organization_id"
     )
 
 

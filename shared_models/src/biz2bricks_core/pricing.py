@@ -49,6 +49,7 @@ COST_QUANTUM: Final = Decimal("1e-12")
 _EXACT: Final = Context(prec=60, rounding=ROUND_HALF_UP)
 
 MINUTES_PER_DAY: Final = 24 * 60
+MAX_CACHED_NAMES: Final = 100_000
 CATALOGUE: Final = "catalogue"
 OPERATOR: Final = "operator"
 Origin = Literal["catalogue", "operator"]
@@ -247,6 +248,8 @@ class PriceBook:
         cached = self._keys.get(raw)
         if cached is not None:
             return cached
+        if len(self._keys) >= MAX_CACHED_NAMES:
+            self._keys.clear()  # bounded memory under endlessly new names
         as_sent = (provider.strip().lower(), model.strip().lower())
         keys = [as_sent] if as_sent in self._operator else []
         reason: str | None = UNKNOWN_MODEL
