@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 __all__ = [
     "CATALOGUE",
@@ -168,8 +168,7 @@ Key = tuple[str, str]
 Resolver = Callable[[str, str], "Key | str"]
 
 
-@dataclass(frozen=True, slots=True)
-class PriceLookup:
+class PriceLookup(NamedTuple):
     """The row that prices a call, or None and the reason why none does."""
 
     price: TokenPrice | None
@@ -181,8 +180,13 @@ class _Versions:
     starts: list[datetime] = field(default_factory=list)
     tiers: list[list[TokenPrice]] = field(default_factory=list)
     daily: list[list[TokenPrice]] = field(default_factory=list)
+    # Most models have one version, one tier and no daily window: one comparison then.
+    only: TokenPrice | None = None
 
     def at(self, when: datetime, input_tokens: int) -> TokenPrice | None:
+        only = self.only
+        if only is not None:
+            return only if only.effective_from <= when else None
         if self.daily:
             utc = when.astimezone(UTC)
             minute = utc.hour * 60 + utc.minute
@@ -210,6 +214,8 @@ def _index(prices: Iterable[TokenPrice]) -> dict[Key, _Versions]:
                 entry.tiers.append(tiers)
             else:
                 entry.daily.append(tiers)
+        if len(entry.tiers) == 1 and len(entry.tiers[0]) == 1 and not entry.daily:
+            entry.only = entry.tiers[0][0]
     return index
 
 
@@ -225,7 +231,7 @@ class PriceBook:
     resolver: Resolver | None = None
     _operator: dict[Key, _Versions] = field(default_factory=dict)
     _catalogue: dict[Key, _Versions] = field(default_factory=dict)
-    _keys: dict[Key, tuple[list[Key], str | None]] = field(default_factory=dict)
+    _chains: dict[Key, tuple[list[_Versions], str | None]] = field(default_factory=dict)
     _size: int = 0
 
     @classmethod
@@ -242,14 +248,14 @@ class PriceBook:
     def __len__(self) -> int:
         return self._size
 
-    def _candidates(self, provider: str, model: str) -> tuple[list[Key], str | None]:
-        """Keys to try in order, and the reason to give when none has a price (cached)."""
-        raw = (provider, model)
-        cached = self._keys.get(raw)
-        if cached is not None:
-            return cached
-        if len(self._keys) >= MAX_CACHED_NAMES:
-            self._keys.clear()  # bounded memory under endlessly new names
+    def _chain(self, provider: str, model: str) -> tuple[list[_Versions], str | None]:
+        """The price histories to try in order, and the reason to give when none has a price.
+
+        Resolved once per (provider, model) strings and book: the write path then does one
+        dict lookup per event.
+        """
+        if len(self._chains) >= MAX_CACHED_NAMES:
+            self._chains.clear()  # bounded memory under endlessly new names
         as_sent = (provider.strip().lower(), model.strip().lower())
         keys = [as_sent] if as_sent in self._operator else []
         reason: str | None = UNKNOWN_MODEL
@@ -265,17 +271,22 @@ class PriceBook:
                 keys.append(resolved)
                 known = resolved in self._operator or resolved in self._catalogue
                 reason = NOT_YET_PRICED if known else NO_PRICE_ROW
-        self._keys[raw] = result = (keys, reason)
+        chain = [
+            versions
+            for key in keys
+            for origin in (self._operator, self._catalogue)
+            if (versions := origin.get(key)) is not None
+        ]
+        self._chains[(provider, model)] = result = (chain, reason)
         return result
 
     def lookup(self, provider: str, model: str, at: datetime, input_tokens: int = 0) -> PriceLookup:
         """The row pricing a call of ``model`` at ``at`` with ``input_tokens``, or why none."""
-        keys, reason = self._candidates(provider, model)
-        for key in keys:
-            for origin in (self._operator, self._catalogue):
-                versions = origin.get(key)
-                if versions is not None and (price := versions.at(at, input_tokens)) is not None:
-                    return PriceLookup(price)
+        chain, reason = self._chains.get((provider, model)) or self._chain(provider, model)
+        for versions in chain:
+            price = versions.at(at, input_tokens)
+            if price is not None:
+                return PriceLookup(price)
         return PriceLookup(None, reason)
 
     def price_at(
