@@ -6,14 +6,12 @@ import json
 import resource
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from google.cloud.pubsub_v1 import SubscriberClient
 
 from biz2bricks_core import decode_event
-from biz2bricks_core.localservices import LocalService, find_free_port
 from biz2bricks_producer import ProducerSettings, UsageProducer
 from tests.conftest import PubSubNames
 from tests.threaded_proxy import ThreadedProxy
@@ -49,17 +47,6 @@ def record(producer: UsageProducer, org: uuid.UUID, n: int, **kw: object) -> lis
         )  # type: ignore[arg-type]
         for i in range(n)
     ]
-
-
-@pytest.fixture
-def producer_settings(pubsub_names: PubSubNames, tmp_path: Path) -> ProducerSettings:
-    return ProducerSettings(
-        project_id=pubsub_names.project_id,
-        topic=pubsub_names.topic,
-        spool_dir=tmp_path / "spool",
-        publish_timeout_s=2.0,
-        replay_interval_s=0.5,
-    )
 
 
 def test_events_arrive_with_their_body_and_attributes(
@@ -162,21 +149,6 @@ def test_strict_mode_raises_value_error(producer_settings: ProducerSettings) -> 
             input_tokens=-1,
             output_tokens=1,
         )
-
-
-@pytest.fixture
-def outage(
-    monkeypatch: pytest.MonkeyPatch, pubsub_emulator: LocalService, pubsub_names: PubSubNames
-) -> Iterator[ThreadedProxy]:
-    """PUBSUB_EMULATOR_HOST aimed at a proxy of the emulator that starts closed (an outage).
-
-    Depends on pubsub_names so that the topic and subscription exist before the outage.
-    """
-    host, port = pubsub_emulator.address.rsplit(":", 1)
-    proxy = ThreadedProxy((host, int(port)), find_free_port())
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{proxy.port}")
-    yield proxy
-    proxy.close()
 
 
 @pytest.mark.fault

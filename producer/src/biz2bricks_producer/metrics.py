@@ -16,7 +16,8 @@ class ProducerMetrics:
     published: int = 0  # confirmed by Pub/Sub on the first try
     spooled: int = 0  # written to the local spool (outage or in-flight cap)
     replayed: int = 0  # published later from the spool
-    dropped: int = 0  # lost to the spool size cap or a full spool queue (logged)
+    dropped: int = 0  # lost to the spool size cap (logged)
+    publish_errors: int = 0  # Publish calls that failed (Pub/Sub down, no credentials, ...)
     rejected: int = 0  # invalid arguments, never accepted
     corrupt_spool_lines: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -25,6 +26,13 @@ class ProducerMetrics:
         """Add to a counter (thread-safe)."""
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
+
+    def reset_after_fork(self) -> None:
+        """A forked child counts its own events from zero (the parent keeps its counts)."""
+        self._lock = threading.Lock()
+        for f in fields(self):
+            if f.name != "_lock":
+                setattr(self, f.name, 0)
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a dict."""

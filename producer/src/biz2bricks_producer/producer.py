@@ -3,66 +3,38 @@
 ``record_tokens`` validates and encodes the event and appends it to a bounded in-memory queue;
 that is all the caller pays for. A sender thread publishes the queue in batches with one
 Publish RPC each (no per-message future: fire-and-forget needs only the batch's outcome).
-Past the memory cap, or while Pub/Sub fails, messages go to a spool queue that a writer thread
-appends to disk. A replayer thread publishes the spool once Pub/Sub answers again, and on the
-next start after a crash.
+Past the memory cap, or while Pub/Sub fails (no credentials included), messages go to a spool
+queue that a writer thread appends to disk. A replayer thread publishes the spool once Pub/Sub
+answers again, and on the next start after a crash.
+
+Every accepted message is, at any moment, in exactly one place: the queue, a batch in flight
+(owned by the sender until it settles), the spool queue, or the spool. ``close`` and the SIGTERM
+hook take over the first three and write them to the spool when Pub/Sub does not take them in
+time. Fork, SIGTERM and exit hooks: ``_lifecycle``.
 """
 
 from __future__ import annotations
 
-import atexit
 import collections
 import logging
 import threading
 import time
 import uuid
-import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry, if_exception_type
-from google.cloud.pubsub_v1 import PublisherClient
-from google.pubsub_v1.services.publisher.client import PublisherClient as GapicPublisherClient
-from google.pubsub_v1.types import PublishRequest, PubsubMessage
-
 from biz2bricks_core.errors import InvalidEventError
 from biz2bricks_core.events import encode_event, validate_event
+from biz2bricks_producer import _lifecycle
+from biz2bricks_producer._replay import Replayer
+from biz2bricks_producer._transport import Transport
 from biz2bricks_producer.errors import PubSubUnavailableError
 from biz2bricks_producer.metrics import ProducerMetrics
 from biz2bricks_producer.settings import ProducerSettings
-from biz2bricks_producer.spool import Message, Spool, encode_line
+from biz2bricks_producer.spool import Message, Spool, SpoolClosedError, encode_line
 from biz2bricks_producer.usage_adapters import token_fields
 
 log = logging.getLogger("biz2bricks_producer")
-
-# Publish errors the client retries before giving the message back to us for the spool.
-RETRYABLE_PUBLISH_ERRORS = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.Aborted,
-    gexc.Unknown,
-    gexc.ResourceExhausted,
-)
-REPLAY_CHUNK = 1000
-PUBSUB_MESSAGE = PubsubMessage.pb()  # the raw protobuf class: ~6x cheaper to build per message
-
-
-def publisher_client() -> PublisherClient:
-    """The Pub/Sub client (it honours PUBSUB_EMULATOR_HOST); only its Publish RPC is used."""
-    return PublisherClient()
-
-
-def publish_retry(settings: ProducerSettings) -> Retry:
-    """Retries of one batch's Publish RPC before its messages are handed to the spool."""
-    return Retry(
-        predicate=if_exception_type(*RETRYABLE_PUBLISH_ERRORS),
-        initial=0.1,
-        maximum=2.0,
-        multiplier=2.0,
-        timeout=settings.publish_timeout_s,
-    )
 
 
 class UsageProducer:
@@ -75,37 +47,50 @@ class UsageProducer:
             settings = settings.model_copy(update=overrides)
         self.settings = settings
         self.metrics = ProducerMetrics()
-        self._topic = settings.topic_path
-        self._publisher = publisher_client()
-        self._retry = publish_retry(settings)
-        self._lock = threading.Lock()
-        self._queue: collections.deque[Message] = collections.deque()  # to publish
-        self._queued_bytes = 0
-        self._sending = 0  # messages taken by the sender, not yet settled
-        self._transport_ok = True
-        self._pending: collections.deque[Message] = collections.deque()  # to spool
-        self._wake_sender = threading.Event()
-        self._wake_writer = threading.Event()
-        self._wake_replayer = threading.Event()
-        self._stop = threading.Event()
-        self._closed = False
-        self._spool = Spool(
-            settings.spool_dir, settings.spool_max_bytes, settings.spool_segment_bytes
-        )
-        self._writer = threading.Thread(target=self._write_loop, name="usage-spool", daemon=True)
-        self._replayer = threading.Thread(
-            target=self._replay_loop, name="usage-replay", daemon=True
-        )
-        self._sender = threading.Thread(target=self._send_loop, name="usage-send", daemon=True)
-        self._writer.start()
-        self._replayer.start()
-        self._sender.start()
-        _close_at_exit(self)
+        self._spool = self._claim_spool()
+        self._start()
+        self._chain_pending = not _lifecycle.register(self)
         if not self._spool.is_empty():
             log.info(
                 "producer.spool_found",
                 extra={"dir": str(self._spool.dir), "bytes": self._spool.size_bytes},
             )
+
+    def _claim_spool(self) -> Spool:
+        s = self.settings
+        return Spool(s.spool_dir, s.spool_max_bytes, s.spool_segment_bytes)
+
+    def _start(self, *, threads: bool = True) -> None:
+        """What one process owns: locks, memory, client and threads (again in a forked child)."""
+        self._lock = threading.Lock()
+        self._transport = Transport(self.settings)
+        self._queue: collections.deque[Message] = collections.deque()  # to publish
+        self._queued_bytes = 0
+        self._in_flight: dict[int, list[Message]] = {}  # batches the sender publishes now
+        self._batch_seq = 0
+        self._sending = 0  # messages in _in_flight
+        self._transport_ok = True
+        self._pending: collections.deque[Message] = collections.deque()  # to spool
+        self._wake_sender = threading.Event()
+        self._wake_writer = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+        self._draining = False  # after SIGTERM or close: new events go straight to the spool
+        self._writer = threading.Thread(target=self._write_loop, name="usage-spool", daemon=True)
+        self._replay = Replayer(
+            self._spool,
+            self._transport,
+            self.metrics,
+            self._stop,
+            lambda: 0.05 if self._draining else self.settings.replay_interval_s,
+            self._publish_failed,
+            self._reachable,
+        )
+        self._sender = threading.Thread(target=self._send_loop, name="usage-send", daemon=True)
+        if threads:
+            self._writer.start()
+            self._replay.thread.start()
+            self._sender.start()
 
     # -- the caller's side: never blocks, never raises (unless strict) --
 
@@ -201,17 +186,24 @@ class UsageProducer:
             self.metrics.accepted += 1  # only ever written here, under this lock
             admit = (
                 self._transport_ok
-                and not self._closed
+                and not self._draining
                 and len(self._queue) + self._sending < self.settings.max_in_flight_messages
                 and self._queued_bytes + size <= self.settings.max_in_flight_bytes
             )
             if admit:
                 self._queue.append((data, attributes))
                 self._queued_bytes += size
-        if not admit:
+        if admit:
+            if len(self._queue) >= self.settings.batch_max_messages:
+                self._wake_sender.set()
+        elif self._draining:
+            self._write_spool([(data, attributes)], sync=False)  # the process may end any moment
+        else:
             self._spool_later(data, attributes)
-        elif len(self._queue) >= self.settings.batch_max_messages:
-            self._wake_sender.set()
+        if self._chain_pending:  # a forked child: hook SIGTERM once on its main thread
+            self._chain_pending = not _lifecycle.chain_sigterm()
+
+    # -- background: sender --
 
     def _send_loop(self) -> None:
         latency_s = self.settings.batch_max_latency_ms / 1000
@@ -219,11 +211,12 @@ class UsageProducer:
             self._wake_sender.wait(latency_s)
             self._wake_sender.clear()
             while self._queue:
-                self._send_batch(self._take_batch())
+                key, batch = self._take_batch()
+                self._send_batch(key, batch)
             if self._stop.is_set() and not self._queue:
                 return
 
-    def _take_batch(self) -> list[Message]:
+    def _take_batch(self) -> tuple[int, list[Message]]:
         batch: list[Message] = []
         size = 0
         with self._lock:
@@ -232,46 +225,48 @@ class UsageProducer:
                 batch.append(message)
                 size += len(message[0])
             self._queued_bytes -= size
+            self._batch_seq += 1
+            self._in_flight[self._batch_seq] = batch
             self._sending += len(batch)
-        return batch
+            return self._batch_seq, batch
 
-    def _send_batch(self, batch: list[Message]) -> None:
+    def _send_batch(self, key: int, batch: list[Message]) -> None:
+        error: Exception | None = None
         try:
             if not self._transport_ok:
                 raise PubSubUnavailableError("Pub/Sub failed recently; spooling")
-            self._publish_rpc(batch)
-        except Exception as error:
-            self._publish_failed(error)
-            for data, attributes in batch:
-                self._spool_later(data, attributes)
-        else:
-            self.metrics.add("published", len(batch))
-        finally:
-            with self._lock:
+            self._transport.publish(batch)
+        except Exception as exc:
+            error = exc
+        with self._lock:
+            owned = self._in_flight.pop(key, None) is not None
+            if owned:
                 self._sending -= len(batch)
-
-    def _publish_rpc(self, batch: list[Message]) -> None:
-        """One Publish RPC for the whole batch, with the client's retry policy."""
-        request = PublishRequest.pb()(
-            topic=self._topic,
-            messages=[PUBSUB_MESSAGE(data=d, attributes=a) for d, a in batch],
-        )
-        GapicPublisherClient.publish(
-            self._publisher,
-            request=PublishRequest.wrap(request),
-            retry=self._retry,
-            timeout=min(self.settings.publish_timeout_s, 10.0),
-        )
+                if error is not None:
+                    self._pending.extend(batch)  # handed over under the lock: never in between
+        if not owned:
+            return  # close() or the SIGTERM hook spooled this batch while it was in flight
+        if error is None:
+            self.metrics.add("published", len(batch))
+            return
+        self._publish_failed(error)
+        if self._draining or len(self._pending) >= self.settings.spool_queue_max_messages:
+            self._drain_pending()
+        else:
+            self._wake_writer.set()
 
     def _publish_failed(self, error: BaseException) -> None:
+        self.metrics.add("publish_errors")
         with self._lock:
             was_ok, self._transport_ok = self._transport_ok, False
         if was_ok:
             log.warning(
                 "producer.pubsub_unavailable_spooling",
-                extra={"error": f"{type(error).__name__}: {error}"[:300]},
+                extra={"error": f"{type(error).__name__}: {error}"[:500]},
             )
-        self._wake_replayer.set()
+        self._replay.wake.set()
+
+    # -- background: spool writer and replayer --
 
     def _spool_later(self, data: bytes, attributes: dict[str, str]) -> None:
         self._pending.append((data, attributes))
@@ -281,8 +276,6 @@ class UsageProducer:
             self._drain_pending()
         else:
             self._wake_writer.set()
-
-    # -- background: spool writer and replayer --
 
     def _write_loop(self) -> None:
         interval_s = self.settings.spool_fsync_interval_ms / 1000
@@ -294,13 +287,24 @@ class UsageProducer:
                 return
 
     def _drain_pending(self) -> None:
-        lines: list[bytes] = []
-        while self._pending and len(lines) < 10_000:
-            data, attributes = self._pending.popleft()
-            lines.append(encode_line(data, attributes))
-        if not lines:
-            return
-        written, dropped = self._spool.append(lines)
+        while self._pending:
+            chunk: list[Message] = []
+            while self._pending and len(chunk) < 10_000:
+                chunk.append(self._pending.popleft())
+            if chunk:
+                self._write_spool(chunk, sync=True)
+
+    def _write_spool(self, messages: list[Message], *, sync: bool) -> None:
+        lines = [encode_line(data, attributes) for data, attributes in messages]
+        try:
+            written, dropped = self._spool.append(lines, sync=sync)
+        except SpoolClosedError:
+            # Recorded after close(): a slot of its own, so that the next process replays it.
+            late = self._claim_spool()
+            try:
+                written, dropped = late.append(lines)
+            finally:
+                late.close()
         self.metrics.add("spooled", written)
         if dropped:
             self.metrics.add("dropped", dropped)
@@ -308,66 +312,13 @@ class UsageProducer:
                 "producer.spool_full_dropped",
                 extra={"dropped": dropped, "cap_bytes": self.settings.spool_max_bytes},
             )
-        self._wake_replayer.set()
-        if self._pending:
-            self._wake_writer.set()
+        self._replay.wake.set()
 
-    def _replay_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake_replayer.wait(self.settings.replay_interval_s)
-            self._wake_replayer.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self._replay_once()
-            except Exception:  # keep the thread alive; the next round retries
-                log.exception("producer.replay_failed")
-
-    def _replay_once(self) -> None:
-        """Publish sealed spool segments, deleting each one only after all of it succeeded."""
-        if self._spool.is_empty():
-            if not self._transport_ok:
-                with self._lock:
-                    self._transport_ok = True  # nothing to prove it down; try again
-            return
-        self._spool.seal()
-        for segment in self._spool.sealed_segments():
-            messages, corrupt = self._spool.read(segment)
-            if corrupt:
-                self.metrics.add("corrupt_spool_lines", corrupt)
-                log.error(
-                    "producer.spool_corrupt_lines",
-                    extra={"segment": segment.name, "lines": corrupt},
-                )
-            if not self._publish_all(messages):
-                return
-            self._spool.remove(segment)
-            self.metrics.add("replayed", len(messages))
-            log.info(
-                "producer.spool_replayed",
-                extra={"segment": segment.name, "messages": len(messages)},
-            )
+    def _reachable(self, proved: bool) -> None:
         with self._lock:
-            if not self._transport_ok:
+            if proved and not self._transport_ok:
                 log.info("producer.pubsub_available_again")
-            self._transport_ok = True
-
-    def _publish_all(self, messages: list[Message]) -> bool:
-        for start in range(0, len(messages), REPLAY_CHUNK):
-            if self._stop.is_set():
-                return False
-            try:
-                self._publish_rpc(messages[start : start + REPLAY_CHUNK])
-            except Exception as error:
-                self._publish_failed(error)
-                self._renew_publisher()
-                return False
-        return True
-
-    def _renew_publisher(self) -> None:
-        """A fresh client (and channel) so that recovery is not held back by gRPC backoff."""
-        old, self._publisher = self._publisher, publisher_client()
-        threading.Thread(target=_close_quietly, args=(old,), daemon=True).start()
+            self._transport_ok = True  # unproved: nothing left to show it down; try again
 
     # -- lifecycle --
 
@@ -387,56 +338,94 @@ class UsageProducer:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything accepted is published; False if that took past ``timeout``."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             with self._lock:
                 idle = not self._queue and self._sending == 0
             if idle and not self._pending and self._spool.is_empty():
                 return True
+            if time.monotonic() >= deadline:
+                return False
             self._wake_sender.set()
             self._wake_writer.set()
-            self._wake_replayer.set()
+            self._replay.wake.set()
             time.sleep(0.02)
-        return False
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush within ``timeout``; whatever is still unpublished stays in the spool."""
+        """Publish within ``timeout``; what is not published by then is written to the spool.
+
+        Returns within ``timeout`` (plus one spool write) and loses nothing it accepted: the
+        next producer on the same ``USAGE_SPOOL_DIR`` replays the spool. Events recorded after
+        ``close`` are written to the spool directly.
+        """
         if self._closed:
             return
-        self.flush(timeout)
+        deadline = time.monotonic() + timeout
+        self.flush(max(0.0, timeout - min(1.0, timeout / 4)))  # keep time to write the rest
+        self._settle(time.monotonic())
         with self._lock:
             self._closed = True
         self._stop.set()
-        self._wake_replayer.set()
-        self._replayer.join(timeout=timeout)
-        self._wake_sender.set()
-        self._sender.join(timeout=timeout)  # sends what is queued, or spools it on failure
-        _close_quietly(self._publisher)
-        self._wake_writer.set()
-        self._writer.join(timeout=timeout)
+        for thread, wake in (
+            (self._replay.thread, self._replay.wake),
+            (self._sender, self._wake_sender),
+            (self._writer, self._wake_writer),
+        ):
+            wake.set()
+            if thread.is_alive():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._drain_pending()
         self._spool.close()
+        self._transport.close()
         log.info("producer.closed", extra=self.stats())
+
+    def _settle(self, deadline: float) -> None:
+        """Publish what is in memory until ``deadline``, then write what is left to the spool.
+
+        From here on events go straight to the spool (``_draining``), and the replayer
+        publishes the spool at once rather than every ``replay_interval_s``.
+        """
+        with self._lock:
+            self._draining = True
+        self._replay.wake.set()
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = bool(self._queue) or self._sending > 0
+                reachable = self._transport_ok
+            if not busy or not reachable:
+                break
+            self._wake_sender.set()
+            time.sleep(0.005)
+        with self._lock:
+            self._pending.extend(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            for batch in self._in_flight.values():  # the sender will find them gone
+                self._pending.extend(batch)
+            self._in_flight.clear()
+            self._sending = 0
+        self._drain_pending()
+
+    def _on_sigterm(self) -> None:
+        """The SIGTERM hook: publish or spool what is in memory within the exit bound."""
+        if not self._closed:
+            self._settle(time.monotonic() + self.settings.exit_flush_timeout_s)
+
+    def _after_fork_in_child(self) -> None:
+        """This process is a fork: the parent publishes what it accepted; start afresh here."""
+        closed = self._closed
+        _lifecycle.keep_inherited_client(self._transport)
+        self._spool.abandon_after_fork()
+        self.metrics.reset_after_fork()
+        if closed:
+            self._start(threads=False)
+            self._closed = self._draining = True
+            return
+        self._spool = self._claim_spool()
+        self._start()
+        self._chain_pending = True
 
     def __enter__(self) -> UsageProducer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _close_quietly(client: PublisherClient) -> None:
-    try:
-        client.transport.close()
-    except Exception as error:
-        log.debug("producer.client_stop_failed", extra={"error": str(error)})
-
-
-def _close_at_exit(producer: UsageProducer) -> None:
-    ref = weakref.ref(producer)
-
-    def close() -> None:
-        alive = ref()
-        if alive is not None:
-            alive.close(timeout=5.0)
-
-    atexit.register(close)

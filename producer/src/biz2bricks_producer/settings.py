@@ -51,6 +51,9 @@ class ProducerSettings(Settings):
         default=20, ge=1, validation_alias="USAGE_BATCH_MAX_LATENCY_MS"
     )
     publish_timeout_s: float = Field(default=15.0, gt=0, validation_alias="USAGE_PUBLISH_TIMEOUT")
+    exit_flush_timeout_s: float = Field(
+        default=5.0, gt=0, validation_alias="USAGE_EXIT_FLUSH_TIMEOUT"
+    )
     replay_interval_s: float = Field(default=2.0, gt=0, validation_alias="USAGE_REPLAY_INTERVAL")
     strict: bool = Field(default=False, validation_alias="USAGE_PRODUCER_STRICT")
 

@@ -39,13 +39,19 @@ def decode_line(line: bytes) -> Message | None:
         return None
 
 
+class SpoolClosedError(RuntimeError):
+    """The spool gave up its slot; a late writer must claim a slot of its own."""
+
+
 class Spool:
     """Segments of one slot; thread-safe append, rotation, and replay by whole segments."""
 
     def __init__(self, root: Path, max_bytes: int, segment_bytes: int) -> None:
+        self.root = root
         self._max_bytes = max_bytes
         self._segment_bytes = segment_bytes
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # also held across fork() so no append is cut in half
+        self._closed = False
         root.mkdir(parents=True, exist_ok=True)
         self.dir, self._lock_file = self._claim_slot(root)
         self._active: IO[bytes] | None = None
@@ -78,16 +84,20 @@ class Spool:
 
     def is_empty(self) -> bool:
         """True when nothing waits to be replayed."""
-        with self._lock:
+        with self.lock:
             return self._size == 0
 
-    def append(self, lines: list[bytes]) -> tuple[int, int]:
-        """Append encoded lines and fsync; returns (written, dropped by the size cap).
+    def append(self, lines: list[bytes], *, sync: bool = True) -> tuple[int, int]:
+        """Append encoded lines (and fsync with ``sync``); returns (written, dropped by the cap).
 
-        Past the cap the newest lines are dropped, so the oldest spooled usage is kept.
+        Past the cap the newest lines are dropped, so the oldest spooled usage is kept. Without
+        ``sync`` the lines are in the page cache when this returns: they survive the death of
+        the process, not of the machine. Raises SpoolClosedError after ``close``.
         """
         written = dropped = 0
-        with self._lock:
+        with self.lock:
+            if self._closed:
+                raise SpoolClosedError(str(self.dir))
             for line in lines:
                 if self._size + len(line) > self._max_bytes:
                     dropped += 1
@@ -101,7 +111,8 @@ class Spool:
                 written += 1
             if self._active is not None:
                 self._active.flush()
-                os.fsync(self._active.fileno())
+                if sync:
+                    os.fsync(self._active.fileno())
         return written, dropped
 
     def _rotate(self) -> None:
@@ -114,7 +125,7 @@ class Spool:
 
     def seal(self) -> None:
         """Close the active segment so that it can be replayed."""
-        with self._lock:
+        with self.lock:
             if self._active is not None:
                 self._active.close()
                 self._active = None
@@ -122,7 +133,7 @@ class Spool:
 
     def sealed_segments(self) -> Iterator[Path]:
         """Segments no longer written to, oldest first."""
-        with self._lock:
+        with self.lock:
             active = self._active_path
             segments = [p for p in self._segments() if p != active]
         yield from segments
@@ -141,15 +152,65 @@ class Spool:
                     messages.append(message)
         return messages, corrupt
 
+    @contextlib.contextmanager
+    def orphaned_segments(self) -> Iterator[list[Path]]:
+        """Segments of one other slot that no live process holds, locked while the block runs.
+
+        A slot is orphaned when its process ended and none took its place (fewer workers than
+        before): without adoption its spool would wait for a process that never comes.
+        """
+        for slot in sorted(self.root.glob("slot-*")):
+            if slot == self.dir or not any(slot.glob("*.spool")):
+                continue
+            handle = (slot / ".lock").open("ab")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield sorted(slot.glob("*.spool"))
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        yield []
+
     def remove(self, segment: Path) -> None:
         """Delete a segment whose messages were all published."""
-        with self._lock, contextlib.suppress(FileNotFoundError):
-            self._size -= segment.stat().st_size
+        with self.lock, contextlib.suppress(FileNotFoundError):
+            size = segment.stat().st_size
             segment.unlink()
+            if segment.parent == self.dir:
+                self._size -= size
 
     def close(self) -> None:
-        """Close files and give up the slot."""
-        self.seal()
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        """Fsync, close files and give up the slot."""
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._active is not None:
+                with contextlib.suppress(OSError):
+                    self._active.flush()
+                    os.fsync(self._active.fileno())
+                self._active.close()
+                self._active = None
+                self._active_path = None
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop the inherited descriptors; the parent keeps slot and files.
+
+        The parent held ``lock`` across fork(), so no write buffer holds half a line. The
+        descriptor of the slot lock is only closed here, never unlocked: an unlock would release
+        the parent's slot too.
+        """
+        self.lock = threading.Lock()
+        self._closed = True
+        if self._active is not None:
+            self._active.close()
+            self._active = None
         self._lock_file.close()
