@@ -360,3 +360,56 @@ async def test_sigterm_mid_batch_with_the_database_gone_exits_0_and_acks_nothing
     assert restarted.returncode == 0, stderr[-2000:]
     assert await event_count(db, org) == 600
     assert await assert_counter_derivable(db, org) == 600 * 1100
+
+
+class HangingAfterCommitSource(PubSubSource):
+    """A subscription that stops answering once a batch committed: acks hang, pulls time out."""
+
+    def __init__(self, settings: ConsumerSettings) -> None:
+        super().__init__(settings)
+        self.hanging = False
+        self.pulling = asyncio.Event()
+
+    async def pull(self, max_messages: int) -> Any:
+        if self.hanging:
+            self.pulling.set()
+            await asyncio.sleep(self._settings.pull_timeout_s)  # a pull that runs to its timeout
+            return []
+        return await super().pull(max_messages)
+
+    async def ack(self, ack_ids: Any) -> None:
+        if self.hanging:
+            await asyncio.Event().wait()  # an ack Pub/Sub never answers
+        await super().ack(ack_ids)
+
+
+async def test_stop_returns_within_the_grace_when_pubsub_hangs_with_an_ack_pending(
+    db: DatabaseManager,
+    consumer_settings: Callable[..., ConsumerSettings],
+    publish: Callable[..., None],
+    workers: RunningWorkers,
+) -> None:
+    # Given a worker whose first batch committed just as Pub/Sub stopped answering
+    org = await provisioned_org(db)
+    await asyncio.to_thread(publish, [make_event(org) for _ in range(5)])
+    settings = consumer_settings(
+        exit_when_idle_s=None, shutdown_grace_s=GRACE_S, pull_timeout_s=2.0, pull_concurrency=1
+    )
+    source = HangingAfterCommitSource(settings)
+    committed = asyncio.Event()
+
+    def on_committed(_: Any) -> None:
+        source.hanging = True
+        committed.set()
+
+    worker = workers.start(settings, db, source=source, on_committed=on_committed)
+    await asyncio.wait_for(committed.wait(), timeout=60)
+    source.pulling.clear()
+    await asyncio.wait_for(source.pulling.wait(), timeout=10)
+    # When it is asked to stop while a pull waits for its timeout
+    started = time.monotonic()
+    worker.stop()
+    await asyncio.wait_for(asyncio.shield(workers.task(worker)), timeout=GRACE_S + 10)
+    # Then it returns within the grace, its events stored
+    assert time.monotonic() - started <= GRACE_S + 0.5
+    assert await event_count(db, org) == 5

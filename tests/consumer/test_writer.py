@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import text
 
 from biz2bricks_consumer.batching import build_batch
 from biz2bricks_consumer.writer import BatchWriter
-from biz2bricks_core import DatabaseManager
+from biz2bricks_core import DatabaseManager, encode_event
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.periods import period_bounds
 from biz2bricks_core.price_rows import load_price_book
@@ -323,3 +324,52 @@ async def test_an_identical_redelivery_is_a_silent_duplicate(
     result = await writer.write(build_batch([message_for(event), message_for(make_event(org))]))
     assert (result.inserted, result.duplicates, result.conflicts) == (1, 1, 0)
     assert await reject_rows(db, "conflicting_duplicate", org) == []
+
+
+async def test_an_identical_redelivery_with_float_metadata_is_a_silent_duplicate(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given an event whose metadata holds floats that jsonb keeps as exact decimals
+    # (1e23 comes back as the integer 10**23, -0.0 as 0.0)
+    org = await provisioned_org(db)
+    metadata = {"big": 1e23, "huge": 1.5e300, "small": 1e-7, "neg_zero": -0.0, "ok": True}
+    event = make_event(org, metadata=metadata)
+    await writer.write(build_batch([message_for(event)]))
+    # When the same message is delivered again
+    result = await writer.write(build_batch([message_for(event)]))
+    # Then it is a silent duplicate, not a conflicting one
+    assert (result.inserted, result.duplicates, result.conflicts) == (0, 1, 0)
+    assert await reject_rows(db, "conflicting_duplicate", org) == []
+
+
+async def test_metadata_that_really_differs_in_a_number_is_still_a_conflict(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    org = await provisioned_org(db)
+    stored = make_event(org, metadata={"n": 1, "flag": True})
+    await writer.write(build_batch([message_for(stored)]))
+    changed = stored.model_copy(update={"metadata": {"n": 1.5, "flag": True}})
+    result = await writer.write(build_batch([message_for(changed)]))
+    assert result.conflicts == 1
+    flipped = stored.model_copy(update={"metadata": {"n": 1, "flag": 1}})
+    result = await writer.write(build_batch([message_for(flipped)]))
+    assert result.conflicts == 1
+
+
+async def test_an_event_before_year_one_in_utc_is_rejected_and_its_redelivery_does_not_crash(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given an event whose occurred_at is a UTC instant PostgreSQL stores but Python cannot read
+    org = await provisioned_org(db)
+    data, attributes = encode_event(make_event(org))
+    data = data.replace(b'"occurred_at":"', b'"occurred_at":"0001-01-01T00:00:00+14:00","x":"', 1)
+    fields = json.loads(data)
+    del fields["x"]
+    ancient = raw_message(json.dumps(fields).encode(), attributes)
+    # When it is delivered twice, next to a valid event
+    await writer.write(build_batch([ancient]))
+    result = await writer.write(build_batch([ancient, message_for(make_event(org))]))
+    # Then the valid event is written and the poison is a reject each time, never an event
+    assert result.inserted == 1
+    assert [r.reason_code for r in result.rejected] == ["occurred_at"]
+    assert await event_count(db, org) == 1

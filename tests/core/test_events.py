@@ -245,3 +245,28 @@ def test_storable_text_escapes_nul_and_unencodable_characters_visibly() -> None:
     lone.encode()  # no UnicodeEncodeError
     assert lone.startswith("x\\")
     assert lone.endswith("y")
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    ["0001-01-01T00:00:00+14:00", "1970-01-01T00:00:00+00:00", "1999-12-31T23:59:59+00:00"],
+    ids=["before year 1 in UTC", "epoch", "last second before the floor"],
+)
+def test_an_occurred_at_before_the_earliest_plausible_time_is_rejected(occurred_at: str) -> None:
+    # A UTC instant before year 1 is stored by PostgreSQL but cannot be read back into Python
+    # (OverflowError), so its redelivery crashed every batch it was in.
+    with pytest.raises(InvalidEventError, match=r"^occurred_at: .* before 2000-01-01"):
+        decode(body(occurred_at=occurred_at))
+
+
+def test_an_occurred_at_at_the_earliest_plausible_time_is_accepted() -> None:
+    decode(body(occurred_at="2000-01-01T00:00:00+00:00"))
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"-1e999", b"NaN", b"Infinity"])
+def test_a_non_finite_number_in_metadata_is_rejected_not_stored_as_null(number: bytes) -> None:
+    # jsonb cannot hold it: it used to be stored as null, silently changing the event.
+    data = json.dumps(body(metadata={"x": "PLACEHOLDER"})).encode()
+    data = data.replace(b'"PLACEHOLDER"', number)
+    with pytest.raises(InvalidEventError, match=r"^metadata: .*non-finite number"):
+        decode_event(data, ATTRS, now=NOW)

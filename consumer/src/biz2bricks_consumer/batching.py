@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from biz2bricks_core.errors import InvalidEventError
 from biz2bricks_core.events import MAX_BODY_BYTES, UsageEvent, decode_event, storable_text
@@ -152,13 +154,33 @@ def conflict_reason(stored: Mapping[str, object], received: UsageEvent) -> str |
         if name not in stored:
             continue
         before, after = stored[name], getattr(received, name)
-        if before != after:
+        same = json_value(before) == json_value(after) if name == "metadata" else before == after
+        if not same:
             differences.append(f"{name}: stored {_short(before)}, received {_short(after)}")
     if not differences:
         return None
     return f"event_id: {received.event_id} already stored with other content; " + "; ".join(
         differences
     )
+
+
+def json_value(value: object) -> object:
+    """A JSON value as jsonb compares it: numbers as exact decimals, booleans apart from them.
+
+    jsonb keeps numbers as numeric: 1e23 comes back as the integer 10**23, -0.0 as 0.0, while
+    in Python ``True == 1``. Compared raw, an identical redelivery would look like a conflict.
+    """
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, dict):
+        return {k: json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    return value
 
 
 def _short(value: object, limit: int = 200) -> str:

@@ -168,11 +168,14 @@ class Worker:
         """Stop every task, release what was not committed; bounded by the grace."""
         await self.buffer.wake()
         grace = self.retry.remaining_grace_s()
-        budget_s = self.settings.shutdown_grace_s if grace is None else grace
+        deadline = time.monotonic() + (self.settings.shutdown_grace_s if grace is None else grace)
         # A pull already sent cannot be cancelled (it runs in a thread): let it return so that
         # what it brings back is released now instead of held until its lease lapses.
-        await self.supervisor.wait("pull", min(budget_s, self.settings.pull_timeout_s + 0.5))
-        await self.inflight.drain(budget_s)
+        await self.supervisor.wait(
+            "pull", min(deadline - time.monotonic(), self.settings.pull_timeout_s + 0.5)
+        )
+        # What is left of the grace, not all of it again: acks may hang while Pub/Sub does.
+        await self.inflight.drain(deadline - time.monotonic())
         await self.supervisor.cancel_all(timeout_s=1.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._release_unwritten(), timeout=SHUTDOWN_RESERVE_S)

@@ -18,6 +18,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -246,7 +247,7 @@ async def _conflicts(
     for row in await conn.fetch(STORED_DUPLICATES, list(by_id)):
         stored = dict(row)
         if isinstance(stored.get("metadata"), str):
-            stored["metadata"] = json.loads(stored["metadata"])
+            stored["metadata"] = json.loads(stored["metadata"], parse_float=Decimal)
         event = by_id[stored["event_id"]]
         reason = conflict_reason(stored, event)
         if reason is not None:

@@ -6,6 +6,7 @@ Importing this module must stay light (no SQLAlchemy): the producer library depe
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
@@ -24,6 +25,7 @@ from pydantic import (
 from biz2bricks_core.errors import InvalidEventError
 
 __all__ = [
+    "EARLIEST_OCCURRED_AT",
     "EVENT_TYPE_TOKENS",
     "MAX_BODY_BYTES",
     "MAX_FUTURE_SKEW",
@@ -44,6 +46,10 @@ SCHEMA_VERSION: Final = "1"
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_METADATA_BYTES: Final = 8 * 1024
 MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
+# No LLM call happened before this. The floor also keeps every stored instant readable: an
+# offset like +14:00 on year 1 is a UTC instant before year 1, which PostgreSQL stores but
+# Python cannot represent, so reading the row back (duplicate checks, reports) would fail.
+EARLIEST_OCCURRED_AT: Final = datetime(2000, 1, 1, tzinfo=UTC)
 # Nesting levels of objects and arrays inside ``metadata``; the JSON parser itself refuses a
 # body nested deeper than ~200 levels, so nothing deeper ever reaches Python.
 MAX_METADATA_DEPTH: Final = 16
@@ -108,6 +114,8 @@ def _metadata_problem(value: Any, depth: int) -> str | None:
     """
     if isinstance(value, str):
         return "contains a NUL character" if NUL in value else None
+    if isinstance(value, float):  # 1e999 parses as inf; jsonb would get null instead
+        return None if math.isfinite(value) else "contains a non-finite number (NaN or Infinity)"
     if isinstance(value, dict | list) and depth > MAX_METADATA_DEPTH:
         return f"nested deeper than {MAX_METADATA_DEPTH} levels"
     if isinstance(value, dict):
@@ -156,6 +164,11 @@ def check_rules(event: UsageEvent, now: datetime | None = None) -> None:
         raise InvalidEventError(
             f"cache_write_1h_tokens ({event.cache_write_1h_tokens}) exceed cache_write_tokens "
             f"({event.cache_write_tokens}); cache_write_tokens must include 1-hour writes"
+        )
+    if event.occurred_at < EARLIEST_OCCURRED_AT:
+        raise InvalidEventError(
+            f"occurred_at: {event.occurred_at.isoformat()} is before "
+            f"{EARLIEST_OCCURRED_AT:%Y-%m-%d} (UTC)"
         )
     now = now if now is not None else datetime.now(UTC)
     if event.occurred_at > now + MAX_FUTURE_SKEW:  # one comparison on the hot path
