@@ -22,6 +22,8 @@ COPY shared_models/pyproject.toml shared_models/README.md shared_models/
 COPY producer/pyproject.toml producer/README.md producer/
 COPY consumer/pyproject.toml consumer/README.md consumer/
 COPY rollup/pyproject.toml rollup/README.md rollup/
+# devtools is a dev-only workspace member (never installed here); uv reads its metadata.
+COPY devtools/pyproject.toml devtools/README.md devtools/
 RUN uv sync --locked --no-dev --no-install-workspace
 
 COPY shared_models shared_models

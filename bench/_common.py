@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageEvent
-from biz2bricks_core.localservices import LocalService, start_postgres
+from biz2bricks_devtools.localservices import LocalService, start_postgres
 from tests.support import create_database, drop_database, migrate
 
 

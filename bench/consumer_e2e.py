@@ -37,7 +37,7 @@ from bench.consumer_write import RAW_COUNTERS, RAW_INSERT
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import Worker, tune_gc
 from biz2bricks_core import encode_event
-from biz2bricks_core.localservices import start_pubsub_emulator
+from biz2bricks_devtools.localservices import start_pubsub_emulator
 from tests.support import libpq_url
 
 PROJECT = "biz2bricks-bench"

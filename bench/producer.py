@@ -20,7 +20,7 @@ from google.cloud.pubsub_v1.types import BatchSettings
 
 from bench._common import percentile
 from biz2bricks_core import UsageEvent, encode_event
-from biz2bricks_core.localservices import find_free_port, start_pubsub_emulator
+from biz2bricks_devtools.localservices import find_free_port, start_pubsub_emulator
 from biz2bricks_producer import ProducerSettings, UsageProducer
 
 PROJECT = "biz2bricks-bench"

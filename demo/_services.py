@@ -6,7 +6,7 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
-from biz2bricks_core.localservices import (
+from biz2bricks_devtools.localservices import (
     ServiceUnavailableError,
     create_database,
     drop_database,

@@ -10,7 +10,7 @@ import pytest
 from google.cloud import pubsub_v1
 
 from biz2bricks_core import DatabaseConfig, DatabaseManager
-from biz2bricks_core.localservices import (
+from biz2bricks_devtools.localservices import (
     LocalService,
     ServiceUnavailableError,
     start_postgres,

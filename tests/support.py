@@ -10,8 +10,8 @@ import pytest
 from alembic.config import Config
 from sqlalchemy.engine import URL
 
-from biz2bricks_core import localservices
-from biz2bricks_core.localservices import ServiceUnavailableError
+from biz2bricks_devtools import localservices
+from biz2bricks_devtools.localservices import ServiceUnavailableError
 
 ROOT = Path(__file__).resolve().parent.parent
 

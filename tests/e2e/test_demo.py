@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from biz2bricks_core import DatabaseConfig, DatabaseManager
-from biz2bricks_core.localservices import LocalService
+from biz2bricks_devtools.localservices import LocalService
 from biz2bricks_rollup.reconcile import find_drift
 from tests.support import ROOT, create_database, drop_database
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from biz2bricks_core.localservices import find_free_port
+from biz2bricks_devtools.localservices import find_free_port
 from biz2bricks_producer import ProducerSettings, UsageProducer
 from tests.conftest import PubSubNames
 from tests.producer.test_producer import pull_all

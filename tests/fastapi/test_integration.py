@@ -24,7 +24,7 @@ from biz2bricks_core.fastapi import (
     require_allowed,
     usage_lifespan,
 )
-from biz2bricks_core.localservices import find_free_port
+from biz2bricks_devtools.localservices import find_free_port
 from biz2bricks_producer import ProducerSettings
 from tests.conftest import PubSubNames
 from tests.factories import provisioned_org

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from biz2bricks_core import DatabaseManager, UsageService
-from biz2bricks_core.localservices import find_free_port
+from biz2bricks_devtools.localservices import find_free_port
 from tests.conftest import PubSubNames
 from tests.fastapi.conftest import Server, burst, replay_then_pull
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from biz2bricks_core.localservices import LocalService, find_free_port
+from biz2bricks_devtools.localservices import LocalService, find_free_port
 from biz2bricks_producer import ProducerSettings
 from tests.conftest import PubSubNames
 from tests.threaded_proxy import ThreadedProxy
