@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 
+import asyncpg
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 
-from biz2bricks_core import DatabaseConfig, DatabaseManager, DatabaseUnavailableError
+from biz2bricks_core import (
+    DatabaseConfig,
+    DatabaseManager,
+    DatabaseUnavailableError,
+    UsageService,
+)
 from biz2bricks_core.database import DRIVER_DISCONNECT_ERRORS
 from biz2bricks_core.models import OrganizationModel
+from tests.support import libpq_url
 from tests.tcp_proxy import TcpProxy
 
 
@@ -108,3 +117,72 @@ async def test_a_connection_broken_under_the_driver_is_not_handed_out_again(
     finally:
         await db.dispose()
         await proxy.cut()
+
+
+def _connections_to(url: str) -> int:
+    """Backends connected to the database of ``url`` (this counting connection excluded)."""
+
+    async def count() -> int:
+        conn = await asyncpg.connect(libpq_url(make_url(url)))
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+def _settled_connections(url: str, at_most: int, timeout_s: float = 10.0) -> int:
+    """The connection count once it is at most ``at_most`` (backends exit a moment after the
+    client closes), or the last count seen after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (seen := _connections_to(url)) > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return seen
+
+
+def test_asyncio_run_calls_never_hold_more_connections_than_the_pool(database_url: str) -> None:
+    # Given a manager with a pool of 2, used by the application through asyncio.run per call
+    manager = DatabaseManager(
+        DatabaseConfig(database_url=database_url, db_pool_size=2, db_max_overflow=0)
+    )
+    usage = UsageService(manager)
+    org = asyncio.run(_provision(usage))
+    baseline = _settled_connections(database_url, at_most=0, timeout_s=0)
+    peak = 0
+    # When 30 calls each run on a loop of their own
+    for _ in range(30):
+        decision = asyncio.run(usage.check_token_limit(org))
+        assert decision.reason == "ok"
+        seen = _settled_connections(database_url, at_most=baseline + 2, timeout_s=1)
+        peak = max(peak, seen - baseline)
+    # Then the database never saw more than the pool, and no engine outlives its loop
+    assert peak <= 2
+    assert manager.loops_in_use == 0
+    assert _settled_connections(database_url, at_most=baseline) == baseline
+
+
+async def _provision(usage: UsageService) -> uuid.UUID:
+    org = uuid.uuid4()
+    await usage.provision_organization(org, "free")
+    return org
+
+
+def test_a_loop_closed_without_shutdown_is_forgotten_when_the_next_loop_starts(
+    database_url: str,
+) -> None:
+    # Given a loop that used the manager and was closed by hand (no async generator shutdown)
+    manager = DatabaseManager(DatabaseConfig(database_url=database_url))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(manager.check())
+    loop.close()
+    assert manager.loops_in_use == 1
+    # When the manager is used on a new loop
+    asyncio.run(manager.check())
+    # Then the dead loop's engine is gone, and the new loop's engine went with its loop
+    assert manager.loops_in_use == 0

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from biz2bricks_core import (
     DatabaseConfig,
     DatabaseManager,
+    DatabaseUnavailableError,
     InvalidArgumentError,
     UnknownOrganizationError,
     UnknownPlanError,
@@ -189,6 +190,31 @@ async def test_database_down_fails_open_for_tokens_and_closed_for_storage() -> N
     assert not (await strict.check_token_limit(org)).allowed
     assert (await strict.reserve_storage(org, 1)).allowed
     await down.dispose()
+
+
+async def test_every_other_coroutine_raises_database_unavailable_when_the_database_is_down() -> (
+    None
+):
+    # Given a database nobody listens on
+    down = DatabaseManager(
+        DatabaseConfig(database_url="postgresql://x@127.0.0.1:1/none", db_pool_timeout_s=1)
+    )
+    service = UsageService(down)
+    org = uuid.uuid4()
+    calls = {
+        "release_storage": lambda: service.release_storage(org, 10),
+        "get_usage": lambda: service.get_usage(org),
+        "provision_organization": lambda: service.provision_organization(org, "free"),
+        "grant_credits": lambda: service.grant_credits(org, 10),
+    }
+    try:
+        for name, call in calls.items():
+            # When each is called, Then it raises the package error naming the database
+            with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:1") as raised:
+                await call()
+            assert isinstance(raised.value.__cause__, OSError), name
+    finally:
+        await down.dispose()
 
 
 async def test_a_connection_dropped_mid_request_is_a_database_outage(

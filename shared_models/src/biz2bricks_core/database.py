@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -60,31 +60,67 @@ class _LoopResources:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     connector: Any | None  # google.cloud.sql.connector.Connector when enabled
+    # Started async generator whose ``finally`` releases these resources (see _release_on_close).
+    closer: AsyncGenerator[None, None] | None = None
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+        if self.connector is not None:
+            await self.connector.close_async()
 
 
 class DatabaseManager:
     """Owns the async engines of one database, one engine per running event loop.
 
     asyncpg connections belong to the loop that opened them, so a second loop (pytest, a worker
-    thread) gets its own engine instead of a "Future attached to a different loop" error.
+    thread, each ``asyncio.run``) gets its own engine instead of a "Future attached to a
+    different loop" error. A loop's engine is disposed when that loop shuts down (``asyncio.run``
+    and ``asyncio.Runner`` close every async generator of the loop before closing it, and one of
+    them is ours); a loop closed without that step is forgotten the next time a new loop starts,
+    so a process never keeps pools for loops that are gone.
     """
 
     def __init__(self, config: DatabaseConfig | None = None) -> None:
         self.config = config if config is not None else DatabaseConfig()
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._per_loop: dict[asyncio.AbstractEventLoop, _LoopResources] = {}
 
     def __repr__(self) -> str:
         return f"DatabaseManager({self.config.safe_description()})"
+
+    @property
+    def loops_in_use(self) -> int:
+        """How many event loops currently have an engine (and a pool) of this manager."""
+        return len(self._per_loop)
 
     def _resources(self) -> _LoopResources:
         loop = asyncio.get_running_loop()
         resources = self._per_loop.get(loop)
         if resources is None:
+            self._forget_closed_loops()
             resources = self._create_resources(loop)
+            resources.closer = self._release_on_close(loop)
+            # Run it to its ``yield`` now: the loop registers it (its first-iteration hook) and
+            # closes it at shutdown, which runs the ``finally`` on the still-running loop.
+            with contextlib.suppress(StopIteration):
+                resources.closer.__anext__().send(None)
             self._per_loop[loop] = resources
         return resources
+
+    async def _release_on_close(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            resources = self._per_loop.pop(loop, None)
+            if resources is not None:
+                await resources.close()
+                log.debug("database.engine_disposed", extra={"reason": "event loop shut down"})
+
+    def _forget_closed_loops(self) -> None:
+        # A loop closed without shutting down its async generators cannot run a dispose any
+        # more; dropping the references lets the garbage collector close its sockets.
+        for loop in [loop for loop in self._per_loop if loop.is_closed()]:
+            del self._per_loop[loop]
+            log.debug("database.engine_dropped", extra={"reason": "event loop closed"})
 
     def _create_resources(self, loop: asyncio.AbstractEventLoop) -> _LoopResources:
         cfg = self.config
@@ -163,27 +199,42 @@ class DatabaseManager:
         async with self.session() as session:
             yield session
 
+    def unavailable(self, error: BaseException) -> DatabaseUnavailableError:
+        """The package error for ``error``: names the database, the cause and how to fix it."""
+        if self.config.uses_connector:
+            fix = "check CLOUD_SQL_INSTANCE, CLOUD_SQL_IP_TYPE and the credentials"
+        else:
+            fix = (
+                "start it (a local server: pg_ctlcluster <version> main start) "
+                "or point DATABASE_URL (or DATABASE_HOST/DATABASE_PORT) at a running server"
+            )
+        return DatabaseUnavailableError(
+            f"PostgreSQL at {self.config.safe_description()} is not reachable "
+            f"({type(error).__name__}: {error}); {fix}"
+        )
+
+    @asynccontextmanager
+    async def unavailable_as_error(self) -> AsyncIterator[None]:
+        """Turn every "the database did not answer" error inside the block into
+        DatabaseUnavailableError (the original stays as ``__cause__``)."""
+        try:
+            yield
+        except DATABASE_DOWN_ERRORS as error:
+            raise self.unavailable(error) from error
+
     async def check(self) -> None:
         """Run ``SELECT 1``; raise DatabaseUnavailableError naming the database if it fails."""
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except Exception as error:
-            raise DatabaseUnavailableError(
-                f"PostgreSQL at {self.config.safe_description()} is not reachable "
-                f"({type(error).__name__}: {error}). Start it (for a local server: "
-                "pg_ctlcluster <version> main start) or set DATABASE_URL."
-            ) from error
+            raise self.unavailable(error) from error
 
     async def dispose(self) -> None:
         """Close the pool of the running loop (and its Cloud SQL connector)."""
-        loop = asyncio.get_running_loop()
-        resources = self._per_loop.pop(loop, None)
-        if resources is None:
-            return
-        await resources.engine.dispose()
-        if resources.connector is not None:
-            await resources.connector.close_async()
+        resources = self._per_loop.get(asyncio.get_running_loop())
+        if resources is not None and resources.closer is not None:
+            await resources.closer.aclose()  # its ``finally`` pops and closes the resources
 
 
 _default_manager: DatabaseManager | None = None

@@ -127,7 +127,13 @@ def _as_size(n_bytes: int) -> int:
 
 
 class UsageService:
-    """Limit checks, storage reservations, plans and credits of organizations."""
+    """Limit checks, storage reservations, plans and credits of organizations.
+
+    Every coroutine raises only package errors: ``UnknownOrganizationError``,
+    ``InvalidArgumentError``, ``UnknownPlanError``, and ``DatabaseUnavailableError`` when the
+    database does not answer, except the two request-path checks, which answer with a
+    fail-open/closed decision instead (``USAGE_TOKEN_CHECK_FAIL_OPEN``, ``USAGE_STORAGE_FAIL_OPEN``).
+    """
 
     def __init__(self, db: DatabaseManager, settings: UsageServiceSettings | None = None) -> None:
         self.db = db
@@ -181,7 +187,7 @@ class UsageService:
     ) -> None:
         """Subtract ``n_bytes`` from the organization's storage, never below zero."""
         org, n = as_org_id(organization_id), _as_size(n_bytes)
-        async with self.db.driver() as driver:
+        async with self.db.unavailable_as_error(), self.db.driver() as driver:
             row = await driver.fetchrow(_RELEASE, org, n, actor)
         if row is None:
             raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
@@ -209,8 +215,9 @@ class UsageService:
 
         Counters and credits survive a plan change; the period stays unless there is none yet.
         """
-        async with self.db.session() as session:
-            await provision(session, as_org_id(organization_id), plan, name)
+        org = as_org_id(organization_id)
+        async with self.db.unavailable_as_error(), self.db.session() as session:
+            await provision(session, org, plan, name)
 
     async def grant_credits(
         self,
@@ -224,7 +231,7 @@ class UsageService:
         org = as_org_id(organization_id)
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
             raise InvalidArgumentError(f"tokens: must be an int > 0, got {tokens!r}")
-        async with self.db.session() as session:
+        async with self.db.unavailable_as_error(), self.db.session() as session:
             balance = (
                 await session.execute(
                     text(
@@ -248,7 +255,7 @@ class UsageService:
     async def get_usage(self, organization_id: uuid.UUID | str) -> UsageSnapshot:
         """A snapshot of the organization's usage and limits in its current period."""
         org = as_org_id(organization_id)
-        async with self.db.engine.connect() as conn:
+        async with self.db.unavailable_as_error(), self.db.engine.connect() as conn:
             row = (
                 await conn.execute(
                     text(
