@@ -132,7 +132,8 @@ class UsageService:
     Every coroutine raises only package errors: ``UnknownOrganizationError``,
     ``InvalidArgumentError``, ``UnknownPlanError``, and ``DatabaseUnavailableError`` when the
     database does not answer, except the two request-path checks, which answer with a
-    fail-open/closed decision instead (``USAGE_TOKEN_CHECK_FAIL_OPEN``, ``USAGE_STORAGE_FAIL_OPEN``).
+    fail-open/closed decision instead (``USAGE_TOKEN_CHECK_FAIL_OPEN``,
+    ``USAGE_STORAGE_FAIL_OPEN``).
     """
 
     def __init__(self, db: DatabaseManager, settings: UsageServiceSettings | None = None) -> None:
