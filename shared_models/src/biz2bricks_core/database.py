@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import asyncpg
 from sqlalchemy import text
@@ -98,15 +98,18 @@ class DatabaseManager:
         if resources is None:
             self._forget_closed_loops()
             resources = self._create_resources(loop)
-            resources.closer = self._release_on_close(loop)
+            closer = self._release_on_close(loop)
             # Run it to its ``yield`` now: the loop registers it (its first-iteration hook) and
             # closes it at shutdown, which runs the ``finally`` on the still-running loop.
             with contextlib.suppress(StopIteration):
-                resources.closer.__anext__().send(None)
+                cast("Coroutine[Any, Any, None]", closer.asend(None)).send(None)
+            resources.closer = closer
             self._per_loop[loop] = resources
         return resources
 
-    async def _release_on_close(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
+    async def _release_on_close(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
