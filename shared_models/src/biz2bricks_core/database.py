@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import asyncpg
 from sqlalchemy import text
@@ -102,7 +102,7 @@ class DatabaseManager:
             # Run it to its ``yield`` now: the loop registers it (its first-iteration hook) and
             # closes it at shutdown, which runs the ``finally`` on the still-running loop.
             with contextlib.suppress(StopIteration):
-                cast("Coroutine[Any, Any, None]", closer.asend(None)).send(None)
+                closer.asend(None).send(None)
             resources.closer = closer
             self._per_loop[loop] = resources
         return resources
