@@ -8,6 +8,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from biz2bricks_core.cli import OPERATOR_ERRORS, report_operator_error
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.models import Base
@@ -57,11 +58,21 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
+def main() -> None:
+    if context.is_offline_mode():
+        run_migrations_offline()
+        return
     connection = config.attributes.get("connection")
     if connection is not None:
         _run(connection)
     else:
         asyncio.run(_run_async())
+
+
+try:
+    main()
+except OPERATOR_ERRORS as error:
+    if config.cmd_opts is None:
+        raise  # called from code (tests, the demo): the caller handles it
+    # The alembic command: one line that names the fix, exit 2 (traceback with LOG_LEVEL=DEBUG).
+    raise SystemExit(report_operator_error("alembic", error)) from None

@@ -114,3 +114,21 @@ def test_env_file_is_read(tmp_path: pytest.TempPathFactory) -> None:
 def test_keyword_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_NAME", "env")
     assert DatabaseConfig(database_name="kw").database_name == "kw"
+
+
+def test_a_prefixed_setting_is_named_with_its_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from biz2bricks_core import UsageServiceSettings
+
+    monkeypatch.setenv("USAGE_TOKEN_CHECK_FAIL_OPEN", "maybe")
+    with pytest.raises(ConfigurationError, match=r"USAGE_TOKEN_CHECK_FAIL_OPEN.*'maybe'"):
+        UsageServiceSettings()
+
+
+def test_the_cloud_sql_ip_type_is_one_of_the_connector_types(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLOUD_SQL_IP_TYPE", "bogus")
+    with pytest.raises(ConfigurationError, match="CLOUD_SQL_IP_TYPE"):
+        DatabaseConfig()
+    monkeypatch.setenv("CLOUD_SQL_IP_TYPE", "private")
+    assert DatabaseConfig().cloud_sql_ip_type == "PRIVATE"

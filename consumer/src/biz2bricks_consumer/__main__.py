@@ -12,12 +12,14 @@ import sys
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.auth.exceptions import DefaultCredentialsError
 
 from biz2bricks_consumer.errors import WorkerFailed
 from biz2bricks_consumer.health import HealthServer
 from biz2bricks_consumer.pubsub import PubSubSource, ensure_topic_and_subscription
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import CommitHook, Worker, tune_gc
+from biz2bricks_core.cli import listen_error, run_command
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
@@ -26,39 +28,74 @@ from biz2bricks_core.logs import configure_logging
 log = logging.getLogger("biz2bricks_consumer")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="biz2bricks-consumer",
-        description="Consume usage events from Pub/Sub into PostgreSQL (runs until SIGTERM).",
-    )
-    parser.add_argument(
-        "command",
-        nargs="?",
-        choices=["run", "setup"],
-        default="run",
-        help="run the worker (default), or create the topic and subscription",
-    )
+def _run_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # On the ``run`` subcommand the defaults are suppressed so that they never overwrite the
+    # same options given before it (``biz2bricks-consumer --exit-when-idle 5`` still works).
+    default = argparse.SUPPRESS if suppress else None
     parser.add_argument(
         "--exit-when-idle",
         type=float,
         metavar="SECONDS",
-        help="stop after SECONDS with nothing to pull",
+        default=default,
+        help="stop after SECONDS with nothing to pull (default $CONSUMER_EXIT_WHEN_IDLE)",
     )
     parser.add_argument(
         "--health-port",
         type=int,
         metavar="PORT",
+        default=default,
         help="port of /healthz, /readyz, /metrics (default $PORT or 8080; 0: any)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biz2bricks-consumer",
+        description=(
+            "Consume usage events from Pub/Sub into PostgreSQL. Without a command it runs the "
+            "worker until SIGTERM."
+        ),
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)",
+    )
+    _run_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="{run,setup}")
+    run = commands.add_parser(
+        "run",
+        help="run the worker until SIGTERM (the default)",
+        description="Pull usage events in batches, write them, ack after commit; until SIGTERM.",
+    )
+    _run_options(run, suppress=True)
+    commands.add_parser(
+        "setup",
+        help="create the topic, its dead-letter topic and the subscription if missing",
+        description=(
+            "Create the topic (USAGE_TOPIC), its dead-letter topic and the subscription "
+            "(USAGE_SUBSCRIPTION) in PUBSUB_PROJECT_ID if they are missing. For development and "
+            "the emulator; in production create them with Terraform or gcloud."
+        ),
+    )
     return parser
+
+
+NO_CREDENTIALS_HINT = (
+    "no Google Cloud credentials for Pub/Sub: set PUBSUB_EMULATOR_HOST=host:port to use the "
+    "emulator, or provide credentials (GOOGLE_APPLICATION_CREDENTIALS=key.json, or "
+    "gcloud auth application-default login, or a service account on Google Cloud)"
+)
 
 
 async def run_worker(
     settings: ConsumerSettings, db: DatabaseManager, *, on_committed: CommitHook | None = None
 ) -> int:
     """Run the worker with signal handling and the health server; return the exit code."""
-    source = PubSubSource(settings)
+    try:
+        source = PubSubSource(settings)
+    except DefaultCredentialsError as error:
+        raise ConfigurationError(NO_CREDENTIALS_HINT) from error
     worker = Worker(settings, db, source, on_committed=on_committed)
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -87,7 +124,12 @@ async def run_worker(
             settings.health_host,
             settings.health_port,
         )
-        await health.start()
+        try:
+            await health.start()
+        except OSError as error:
+            raise listen_error(
+                error, settings.health_host, settings.health_port, "PORT (or --health-port)"
+            ) from error
         try:
             await worker.run()
         except WorkerFailed as error:
@@ -138,22 +180,26 @@ def main(argv: list[str] | None = None, *, on_committed: CommitHook | None = Non
     # Until the worker's own handlers are installed, SIGTERM means: nothing pulled, exit 0.
     signal.signal(signal.SIGTERM, _exit_before_start)
     args = _parser().parse_args(argv)
+    return run_command("biz2bricks-consumer", lambda: _main(args, on_committed))
+
+
+def _main(args: argparse.Namespace, on_committed: CommitHook | None) -> int:
     configure_logging(args.log_level)
     overrides: dict[str, Any] = {}
     if args.exit_when_idle is not None:
         overrides["exit_when_idle_s"] = args.exit_when_idle
     if args.health_port is not None:
         overrides["health_port"] = args.health_port
-    try:
-        settings = ConsumerSettings(**overrides)
-        if args.command == "setup":
-            for name, outcome in ensure_topic_and_subscription(settings).items():
-                print(f"{name}: {outcome}")
-            return 0
-        db = DatabaseManager(DatabaseConfig())
-    except ConfigurationError as error:
-        print(f"biz2bricks-consumer: {error}", file=sys.stderr)
-        return 2
+    settings = ConsumerSettings(**overrides)
+    if args.command == "setup":
+        try:
+            outcomes = ensure_topic_and_subscription(settings)
+        except DefaultCredentialsError as error:
+            raise ConfigurationError(NO_CREDENTIALS_HINT) from error
+        for name, outcome in outcomes.items():
+            print(f"{name}: {outcome}")
+        return 0
+    db = DatabaseManager(DatabaseConfig())
     tune_gc()
     return asyncio.run(run_worker(settings, db, on_committed=on_committed))
 

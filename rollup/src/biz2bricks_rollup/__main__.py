@@ -11,9 +11,10 @@ import signal
 import sys
 from datetime import date
 
+from biz2bricks_core.cli import EXIT_CONFIGURATION, listen_error, run_command
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
-from biz2bricks_core.errors import ConfigurationError, DatabaseUnavailableError
+from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
 from biz2bricks_rollup.reconcile import find_drift, repair
 from biz2bricks_rollup.reprice import reprice
@@ -22,12 +23,22 @@ from biz2bricks_rollup.server import RollupServer, ServeSettings
 
 log = logging.getLogger("biz2bricks_rollup")
 
-EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_BUSY = 0, 1, EXIT_CONFIGURATION, 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="biz2bricks-rollup", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser = argparse.ArgumentParser(
+        prog="biz2bricks-rollup",
+        description=(
+            "Daily usage summaries: run the rollup once, reconcile counters with their events "
+            "and documents, or serve the HTTP trigger for Cloud Scheduler."
+        ),
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="rebuild daily summaries (default: the due days)")
     run.add_argument("--date", type=date.fromisoformat, help="one UTC day, YYYY-MM-DD")
@@ -105,7 +116,9 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
     except RollupBusyError as error:
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)
         return EXIT_BUSY
-    except (DatabaseUnavailableError, ConfigurationError, ValueError) as error:
+    except ValueError as error:
+        if isinstance(error, ConfigurationError):
+            raise  # run_command reports it
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)
         return EXIT_USAGE
     finally:
@@ -129,7 +142,12 @@ async def _reprice(db: DatabaseManager, args: argparse.Namespace) -> int:
 async def _serve(db: DatabaseManager, args: argparse.Namespace) -> int:
     settings = ServeSettings(**({"port": args.port} if args.port is not None else {}))
     server = RollupServer(db, settings)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as error:
+        raise listen_error(
+            error, settings.host, settings.port, "PORT (or --port) or ROLLUP_HOST"
+        ) from error
     log.info("rollup.serving", extra={"port": server.port, "auth": settings.auth})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,12 +161,12 @@ async def _serve(db: DatabaseManager, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     args = _parser().parse_args(argv)
+    return run_command("biz2bricks-rollup", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    try:
-        db = DatabaseManager(DatabaseConfig())
-    except ConfigurationError as error:
-        print(f"biz2bricks-rollup: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    db = DatabaseManager(DatabaseConfig())
     return asyncio.run(_run(db, args))
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from biz2bricks_core.errors import ConfigurationError
@@ -12,15 +12,29 @@ from biz2bricks_core.errors import ConfigurationError
 __all__ = ["DatabaseConfig", "Settings", "describe_validation_error"]
 
 
-def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """Turn a pydantic ValidationError into one line per bad environment variable."""
+def describe_validation_error(
+    error: ValidationError, prefix: str = "", prefixed: frozenset[str] = frozenset()
+) -> str:
+    """Turn a pydantic ValidationError into one line per bad environment variable.
+
+    Fields named in ``prefixed`` are read as ``prefix`` + name (the settings class's
+    ``env_prefix``): the message names the variable as it is set in the environment
+    (``USAGE_TOKEN_CHECK_FAIL_OPEN``, not ``TOKEN_CHECK_FAIL_OPEN``).
+    """
     lines = []
     for item in error.errors():
-        name = "_".join(str(part) for part in item["loc"]).upper() or "settings"
+        loc = [str(part) for part in item["loc"]]
+        if loc and loc[0] in prefixed:
+            loc[0] = prefix + loc[0]
+        name = "_".join(loc).upper() or "settings"
         value = item.get("input")
         shown = "" if "PASSWORD" in name or isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{prefix}{name}: {item['msg']}{shown}")
+        lines.append(f"{name}: {item['msg']}{shown}")
     return "invalid configuration: " + "; ".join(lines)
+
+
+def _upper(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -30,7 +44,13 @@ class Settings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as error:
-            raise ConfigurationError(describe_validation_error(error)) from None
+            prefix = str(self.model_config.get("env_prefix") or "")
+            prefixed = frozenset(
+                name
+                for name, field in type(self).model_fields.items()
+                if field.validation_alias is None and field.alias is None
+            )
+            raise ConfigurationError(describe_validation_error(error, prefix, prefixed)) from None
 
 
 class DatabaseConfig(Settings):
@@ -51,7 +71,9 @@ class DatabaseConfig(Settings):
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
     use_cloud_sql_connector: bool = Field(default=False, validation_alias="USE_CLOUD_SQL_CONNECTOR")
     cloud_sql_instance: str | None = Field(default=None, validation_alias="CLOUD_SQL_INSTANCE")
-    cloud_sql_ip_type: str = Field(default="PUBLIC", validation_alias="CLOUD_SQL_IP_TYPE")
+    cloud_sql_ip_type: Annotated[Literal["PUBLIC", "PRIVATE", "PSC"], BeforeValidator(_upper)] = (
+        Field(default="PUBLIC", validation_alias="CLOUD_SQL_IP_TYPE")
+    )
     database_user: str = Field(default="postgres", validation_alias="DATABASE_USER")
     database_password: SecretStr = Field(
         default=SecretStr(""), validation_alias="DATABASE_PASSWORD"

@@ -8,7 +8,11 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "configure_logging"]
+from biz2bricks_core.errors import ConfigurationError
+
+__all__ = ["LOG_LEVELS", "JsonFormatter", "configure_logging"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -46,10 +50,18 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
-    """Log to stderr: JSON when not on a terminal (Cloud Logging reads it), key=value otherwise."""
+    """Log to stderr: JSON when not on a terminal (Cloud Logging reads it), key=value otherwise.
+
+    Raises ConfigurationError naming ``LOG_LEVEL`` when ``level`` is not a level name.
+    """
+    if level.strip().upper() not in LOG_LEVELS:
+        raise ConfigurationError(
+            f"LOG_LEVEL (or --log-level): {level!r} is not a log level; "
+            f"use one of {', '.join(LOG_LEVELS)}"
+        )
     use_json = not sys.stderr.isatty() if json_logs is None else json_logs
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level.strip().upper())
