@@ -140,3 +140,22 @@ def test_rollup_serve_names_port_when_its_port_is_in_use(busy_port: int, databas
         ROLLUP_SERVE, DATABASE_URL=database_url, ROLLUP_HOST="127.0.0.1", PORT=str(busy_port)
     )
     assert_one_message(result, "PORT", str(busy_port))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("-m", "biz2bricks_consumer", "setup", "--help"), "biz2bricks-consumer setup"),
+        (("-m", "biz2bricks_consumer", "run", "--help"), "--exit-when-idle"),
+        (("-m", "biz2bricks_rollup", "--help"), "reconcile"),
+        (("-m", "biz2bricks_rollup", "reconcile", "--help"), "--fix"),
+    ],
+    ids=str,
+)
+def test_help_is_the_commands_own_and_plain_text(argv: tuple[str, ...], expected: str) -> None:
+    result = run_command(argv)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+    assert "``" not in result.stdout
+    if "setup" in argv:
+        assert "{run,setup}" not in result.stdout  # not the top-level help
