@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from biz2bricks_core import DatabaseManager
+from biz2bricks_core import DatabaseManager, UsageService
+from biz2bricks_core.models import DocumentModel
 from biz2bricks_rollup.__main__ import main as rollup_main
-from biz2bricks_rollup.reconcile import find_drift, repair
+from biz2bricks_rollup.reconcile import ReservedStorage, find_drift, repair, reserved_only
 from biz2bricks_rollup.rollup import RollupBusyError, rollup_lock, run_rollup
 from biz2bricks_rollup.server import RollupServer, ServeSettings
 from tests.factories import provisioned_org
@@ -192,6 +193,7 @@ async def test_reconcile_detects_and_repairs_a_tampered_counter(db: DatabaseMana
             ),
             {"o": org},
         )
+    await add_document(db, org, size_bytes=0, deleted=True)  # storage derivable: 0 live bytes
     drifted = [d for d in await find_drift(db) if d.organization_id == org]
     assert len(drifted) == 1
     assert drifted[0].tokens - drifted[0].expected_tokens == 777
@@ -211,6 +213,7 @@ def test_reconcile_command_exit_codes(
 
         manager = DatabaseManager(DatabaseConfig(database_url=database_url))
         org = await provisioned_org(manager)
+        await add_document(manager, org, size_bytes=0, deleted=True)
         async with manager.session() as session:
             await session.execute(
                 text("UPDATE usage_limits SET storage_used_bytes = 42 WHERE organization_id = :o"),
@@ -272,3 +275,45 @@ def test_serve_refuses_to_start_without_its_secret() -> None:
         ServeSettings(auth="token").check()
     with pytest.raises(ConfigurationError, match="ROLLUP_OIDC_AUDIENCE"):
         ServeSettings(auth="oidc").check()
+
+
+async def test_reconcile_fix_leaves_reservations_of_an_organization_without_documents_alone(
+    db: DatabaseManager,
+) -> None:
+    # Given an organization that reserves storage but keeps its documents elsewhere
+    org = await provisioned_org(db)
+    assert (await UsageService(db).reserve_storage(org, 4096)).allowed
+    # When reconcile runs and repairs
+    drifted = [d for d in await find_drift(db) if d.organization_id == org]
+    await repair(db, await find_drift(db))
+    # Then its storage is not drift, is reported as reserved, and is still reserved
+    assert drifted == []
+    assert ReservedStorage(org, 4096) in await reserved_only(db)
+    assert (await UsageService(db).get_usage(org)).storage_used_bytes == 4096
+
+
+async def test_reconcile_judges_storage_once_the_organization_has_documents(
+    db: DatabaseManager,
+) -> None:
+    # Given an organization whose one live document is 100 bytes but 4096 are reserved
+    org = await provisioned_org(db)
+    await UsageService(db).reserve_storage(org, 4096)
+    await add_document(db, org, size_bytes=100)
+    # When reconcile repairs
+    await repair(db, [d for d in await find_drift(db) if d.organization_id == org])
+    # Then storage equals the live documents
+    assert (await UsageService(db).get_usage(org)).storage_used_bytes == 100
+
+
+async def add_document(
+    db: DatabaseManager, org: uuid.UUID, *, size_bytes: int, deleted: bool = False
+) -> None:
+    async with db.session() as session:
+        session.add(
+            DocumentModel(
+                organization_id=org,
+                name="doc.pdf",
+                size_bytes=size_bytes,
+                deleted_at=datetime.now(UTC) if deleted else None,
+            )
+        )

@@ -16,7 +16,7 @@ from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
-from biz2bricks_rollup.reconcile import find_drift, repair
+from biz2bricks_rollup.reconcile import find_drift, repair, reserved_only
 from biz2bricks_rollup.reprice import reprice
 from biz2bricks_rollup.rollup import DayResult, RollupBusyError, days_between, run_rollup
 from biz2bricks_rollup.server import RollupServer, ServeSettings
@@ -107,6 +107,8 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
             if args.fix and drifts:
                 fixed = await repair(db, drifts)
                 print(f"repaired {len(fixed)} organization(s)")
+            for reserved in await reserved_only(db):
+                print(reserved.describe())
             if not drifts:
                 print("no drift: every counter equals its events and documents")
             return EXIT_DRIFT if drifts else EXIT_OK

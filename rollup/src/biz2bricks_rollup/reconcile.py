@@ -1,11 +1,16 @@
 """Reconcile: recompute each organization's counters from the facts and repair drift.
 
 Tokens, cost and the count of unpriced events come from ``usage_events`` in the organization's
-current period; storage from its live documents. Repairs lock the rows they fix (organization
-order, as the consumer does), recompute under the lock and write in the same transaction, so
-they cannot race the consumer.
-Caveat: a storage reservation whose document row is not yet written (an upload in progress)
-looks like drift; run ``--fix`` when uploads are quiet, or accept that it re-reserves on commit.
+current period. Storage is judged only where the project can derive it: an organization with rows
+in ``documents`` (live or deleted) has ``storage_used_bytes`` = the sum of its live documents'
+sizes. An organization without any documents row keeps its documents elsewhere (its application
+reserves and releases storage through UsageService but does not write ``documents``): its
+reserved total is reported, never judged as drift and never "repaired" to zero.
+
+Repairs lock the rows they fix (organization order, as the consumer does), recompute under the
+lock and write in the same transaction, so they cannot race the consumer. Caveat: a storage
+reservation whose document row is not yet written (an upload in progress) looks like drift; run
+``--fix`` when uploads are quiet, or accept that it re-reserves on commit.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ SELECT l.organization_id,
     l.tokens_used_period, coalesce(e.tokens, 0) AS expected_tokens,
     l.cost_usd_period, coalesce(e.cost, 0) AS expected_cost,
     l.unpriced_events_period, coalesce(e.unpriced, 0) AS expected_unpriced,
-    l.storage_used_bytes, coalesce(d.bytes, 0) AS expected_storage
+    l.storage_used_bytes,
+    CASE WHEN d.derivable THEN coalesce(d.bytes, 0) END AS expected_storage
 FROM usage_limits l
 LEFT JOIN LATERAL (
     SELECT sum(input_tokens + output_tokens) AS tokens, sum(cost_usd) AS cost,
@@ -31,25 +37,34 @@ LEFT JOIN LATERAL (
     FROM usage_events ev WHERE ev.organization_id = l.organization_id
         AND ev.occurred_at >= l.period_start AND ev.occurred_at < l.period_end) e ON true
 LEFT JOIN LATERAL (
-    SELECT sum(size_bytes) AS bytes FROM documents doc
-    WHERE doc.organization_id = l.organization_id AND doc.deleted_at IS NULL) d ON true
+    SELECT sum(size_bytes) FILTER (WHERE doc.deleted_at IS NULL) AS bytes,
+        count(*) > 0 AS derivable
+    FROM documents doc WHERE doc.organization_id = l.organization_id) d ON true
 WHERE {where}
 ORDER BY l.organization_id
 """
+# Storage counts as drift only where documents rows make it derivable (the module docstring).
 DRIFTED = (
     "l.tokens_used_period <> coalesce(e.tokens, 0) OR l.cost_usd_period <> coalesce(e.cost, 0)"
     " OR l.unpriced_events_period <> coalesce(e.unpriced, 0)"
-    " OR l.storage_used_bytes <> coalesce(d.bytes, 0)"
+    " OR (d.derivable AND l.storage_used_bytes <> coalesce(d.bytes, 0))"
 )
 FIND = text(EXPECTED.format(where=DRIFTED))
 RECHECK = text(EXPECTED.format(where="l.organization_id = ANY(:orgs) AND (" + DRIFTED + ")"))
+RESERVED_ONLY = text(
+    "SELECT l.organization_id, l.storage_used_bytes FROM usage_limits l"
+    " WHERE l.storage_used_bytes > 0"
+    " AND NOT EXISTS (SELECT 1 FROM documents doc WHERE doc.organization_id = l.organization_id)"
+    " ORDER BY l.organization_id"
+)
 LOCK = text(
     "SELECT organization_id FROM usage_limits WHERE organization_id = ANY(:orgs)"
     " ORDER BY organization_id FOR UPDATE"
 )
 REPAIR = text(
     "UPDATE usage_limits SET tokens_used_period = :tokens, cost_usd_period = :cost,"
-    " unpriced_events_period = :unpriced, storage_used_bytes = :storage, updated_at = now()"
+    " unpriced_events_period = :unpriced,"
+    " storage_used_bytes = coalesce(:storage, storage_used_bytes), updated_at = now()"
     " WHERE organization_id = :org"
 )
 AUDIT = text(
@@ -68,7 +83,7 @@ class Drift:
     cost: Decimal
     expected_cost: Decimal
     storage: int
-    expected_storage: int
+    expected_storage: int | None  # None: not derivable (no documents rows), left as it is
     unpriced: int = 0
     expected_unpriced: int = 0
 
@@ -84,7 +99,7 @@ class Drift:
             parts.append(f"cost {self.cost} vs {self.expected_cost}")
         if self.unpriced != self.expected_unpriced:
             parts.append(f"unpriced events {self.unpriced} vs {self.expected_unpriced}")
-        if self.storage != self.expected_storage:
+        if self.expected_storage is not None and self.storage != self.expected_storage:
             parts.append(
                 f"storage {self.storage} vs {self.expected_storage} "
                 f"({self.storage - self.expected_storage:+d} bytes)"
@@ -101,10 +116,32 @@ def _drift(row: object) -> Drift:
         r["cost_usd_period"],
         r["expected_cost"],
         int(r["storage_used_bytes"]),
-        int(r["expected_storage"]),
+        None if r["expected_storage"] is None else int(r["expected_storage"]),
         int(r["unpriced_events_period"]),
         int(r["expected_unpriced"]),
     )
+
+
+@dataclass(frozen=True)
+class ReservedStorage:
+    """An organization whose storage is only reserved (no documents rows): reported, not judged."""
+
+    organization_id: uuid.UUID
+    reserved_bytes: int
+
+    def describe(self) -> str:
+        """One line: the reserved total and why it is left alone."""
+        return (
+            f"{self.organization_id}: storage {self.reserved_bytes} bytes reserved, "
+            "no documents rows to derive it from (not judged, never repaired)"
+        )
+
+
+async def reserved_only(db: DatabaseManager) -> list[ReservedStorage]:
+    """Organizations with reserved storage but no documents rows, for the report."""
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(RESERVED_ONLY)
+        return [ReservedStorage(org, int(reserved)) for org, reserved in rows]
 
 
 async def find_drift(db: DatabaseManager) -> list[Drift]:
