@@ -71,7 +71,7 @@ _STORAGE_STATE = (
 class UsageServiceSettings(Settings):
     """What a limit check answers when the database is down (each case is logged and counted)."""
 
-    model_config = SettingsConfigDict(env_prefix="USAGE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="USAGE_", env_file=".env", extra="ignore")
 
     token_check_fail_open: bool = Field(default=True)
     storage_fail_open: bool = Field(default=False)
