@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ async def test_the_demo_runs_green_and_leaves_exact_counters(
         **os.environ,
         "DATABASE_URL": demo_database,
         "PUBSUB_EMULATOR_HOST": pubsub_emulator.address,
+        # A tiny in-flight cap sends most events through the spool and its replay.
+        "USAGE_MAX_IN_FLIGHT_MESSAGES": "20",
     }
     result = await asyncio.to_thread(
         subprocess.run,
@@ -44,6 +47,9 @@ async def test_the_demo_runs_green_and_leaves_exact_counters(
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all checks held" in result.stdout
+    through_spool = re.search(r"\(([\d,]+) of them through the spool\)", result.stdout)
+    assert through_spool is not None, result.stdout[-3000:]
+    assert int(through_spool.group(1).replace(",", "")) > 0
     db = DatabaseManager(DatabaseConfig(database_url=demo_database))
     try:
         async with db.engine.connect() as conn:
