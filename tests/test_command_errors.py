@@ -76,9 +76,9 @@ def test_an_unknown_cloud_sql_ip_type_is_refused(command: tuple[str, ...]) -> No
     assert_one_message(result, "CLOUD_SQL_IP_TYPE", "PRIVATE")
 
 
-@pytest.mark.parametrize(
-    "command", [CONSUMER, ROLLUP_RUN, ROLLUP_RECONCILE, ROLLUP_SERVE, ALEMBIC], ids=str
-)
+# The worker is left out on purpose: a long-running worker started before its database waits
+# for it (backing off, not ready) and resumes by itself, as it does through any outage.
+@pytest.mark.parametrize("command", [ROLLUP_RUN, ROLLUP_RECONCILE, ROLLUP_SERVE, ALEMBIC], ids=str)
 def test_a_database_that_is_down_is_named_with_the_fix(command: tuple[str, ...]) -> None:
     result = run_command(command, DATABASE_URL=DEAD_DATABASE)
     assert_one_message(result, "127.0.0.1:1", "DATABASE_URL")
