@@ -121,8 +121,9 @@ class DatabaseManager:
     def _forget_closed_loops(self) -> None:
         # A loop closed without shutting down its async generators cannot run a dispose any
         # more; dropping the references lets the garbage collector close its sockets.
-        for loop in [loop for loop in self._per_loop if loop.is_closed()]:
-            del self._per_loop[loop]
+        # list() copies the keys in one step, so loops other threads add meanwhile do no harm.
+        for loop in [loop for loop in list(self._per_loop) if loop.is_closed()]:
+            self._per_loop.pop(loop, None)
             log.debug("database.engine_dropped", extra={"reason": "event loop closed"})
 
     def _create_resources(self, loop: asyncio.AbstractEventLoop) -> _LoopResources:
