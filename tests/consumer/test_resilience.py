@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -413,3 +417,41 @@ async def test_stop_returns_within_the_grace_when_pubsub_hangs_with_an_ack_pendi
     # Then it returns within the grace, its events stored
     assert time.monotonic() - started <= GRACE_S + 0.5
     assert await event_count(db, org) == 5
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("launcher", ["module", "console_script"])
+def test_sigterm_while_the_worker_is_still_importing_exits_0(
+    launcher: str, pubsub_names: PubSubNames, database_url: str
+) -> None:
+    # Given a consumer just launched (its imports take a second or more)
+    command = (
+        [sys.executable, "-m", "biz2bricks_consumer"]
+        if launcher == "module"
+        else [str(Path(sys.executable).with_name("biz2bricks-consumer"))]
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "USAGE_TOPIC": pubsub_names.topic,
+        "USAGE_SUBSCRIPTION": pubsub_names.subscription,
+    }
+    proc = subprocess.Popen(
+        [*command, "--health-port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # When the platform stops it before it got going
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Then it exits cleanly (not killed by the signal), without a traceback
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
+from biz2bricks_consumer._entry import exit_before_start
+
+if __name__ == "__main__":
+    # ``python -m``: a stop request while the imports below run (seconds) is a clean exit.
+    signal.signal(signal.SIGTERM, exit_before_start)
+
 import argparse
 import asyncio
 import contextlib
 import logging
 import os
-import signal
-import sys
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -171,14 +178,10 @@ async def _check_subscription(source: PubSubSource, settings: ConsumerSettings) 
     return 0
 
 
-def _exit_before_start(signum: int, _: object) -> None:
-    raise SystemExit(0)
-
-
 def main(argv: list[str] | None = None, *, on_committed: CommitHook | None = None) -> int:
     """Console-script entry point (``on_committed``: see Worker; tests inject faults there)."""
     # Until the worker's own handlers are installed, SIGTERM means: nothing pulled, exit 0.
-    signal.signal(signal.SIGTERM, _exit_before_start)
+    signal.signal(signal.SIGTERM, exit_before_start)
     args = _parser().parse_args(argv)
     return run_command("biz2bricks-consumer", lambda: _main(args, on_committed))
 
