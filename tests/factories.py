@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import text
 
-from biz2bricks_consumer.batching import InboundMessage
+from biz2bricks_consumer.batching import InboundMessage, build_batch
+from biz2bricks_consumer.pricing_cache import load_price_book
+from biz2bricks_consumer.writer import BatchWriter, WriteResult
 from biz2bricks_core import DatabaseManager, UsageEvent, UsageService, encode_event
 
 
@@ -54,6 +56,17 @@ async def provisioned_org(db: DatabaseManager, plan: str = "pro") -> uuid.UUID:
     org = uuid.uuid4()
     await UsageService(db).provision_organization(org, plan=plan, name=f"org {org.hex[:6]}")
     return org
+
+
+async def write_events(db: DatabaseManager, events: list[UsageEvent]) -> WriteResult:
+    """Commit events through the consumer's real write path (one batch)."""
+    book = await load_price_book(db)
+    return await BatchWriter(db, lambda: book).write(build_batch(message_for(e) for e in events))
+
+
+async def use_tokens(db: DatabaseManager, org: uuid.UUID, tokens: int, **overrides: Any) -> None:
+    """Usage that really happened: one event of ``tokens`` tokens, written as the consumer does."""
+    await write_events(db, [make_event(org, input_tokens=tokens, output_tokens=0, **overrides)])
 
 
 async def counters(db: DatabaseManager, org: uuid.UUID) -> dict[str, Any]:

@@ -270,3 +270,14 @@ def test_a_non_finite_number_in_metadata_is_rejected_not_stored_as_null(number: 
     data = data.replace(b'"PLACEHOLDER"', number)
     with pytest.raises(InvalidEventError, match=r"^metadata: .*non-finite number"):
         decode_event(data, ATTRS, now=NOW)
+
+
+def test_reservation_id_is_an_optional_uuid() -> None:
+    hold = uuid.uuid4()
+    event = decode(body(reservation_id=str(hold)))
+    assert event.reservation_id == hold
+    assert decode(body()).reservation_id is None
+    data, _ = encode_event(decode(body()))
+    assert b"reservation_id" not in data  # absent unless set: older consumers still accept it
+    with pytest.raises(InvalidEventError, match="reservation_id"):
+        decode(body(reservation_id="hold-1"))

@@ -292,3 +292,22 @@ def test_counters_are_exported_to_prometheus(producer_settings: ProducerSettings
         text = generate_latest(registry).decode()
     assert "usage_producer_rejected_total 1.0" in text
     assert "usage_producer_accepted_total 0.0" in text
+
+
+def test_reservation_id_travels_with_the_event(
+    producer_settings: ProducerSettings, pubsub_names: PubSubNames
+) -> None:
+    org, hold = uuid.uuid4(), uuid.uuid4()
+    with UsageProducer(producer_settings) as producer:
+        producer.record_tokens(
+            organization_id=org,
+            provider="openai",
+            model="gpt-4o",
+            input_tokens=10,
+            output_tokens=5,
+            reservation_id=hold,
+        )
+        assert producer.flush(timeout=10)
+    [(data, attributes)] = pull_all(pubsub_names.subscription_path, 1)
+    assert json.loads(data)["reservation_id"] == str(hold)
+    assert decode_event(data, attributes).reservation_id == hold

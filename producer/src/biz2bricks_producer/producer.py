@@ -111,11 +111,13 @@ class UsageProducer:
         occurred_at: datetime | None = None,
         metadata: dict[str, Any] | None = None,
         event_id: uuid.UUID | str | None = None,
+        reservation_id: uuid.UUID | str | None = None,
     ) -> uuid.UUID:
         """Record one LLM call's tokens; returns its event_id (the idempotency key).
 
-        A retry with the same ``event_id`` is counted once. Invalid arguments are logged,
-        counted as rejected and dropped (``ValueError`` with ``strict``).
+        A retry with the same ``event_id`` is counted once. ``reservation_id`` (from
+        ``UsageService.reserve_tokens``) settles that hold when the event is stored. Invalid
+        arguments are logged, counted as rejected and dropped (``ValueError`` with ``strict``).
         """
         fields = {
             "event_id": event_id if event_id is not None else uuid.uuid4(),
@@ -132,6 +134,7 @@ class UsageProducer:
             "operation": operation,
             "request_id": request_id,
             "metadata": metadata,
+            "reservation_id": reservation_id,
         }
         try:
             event = validate_event(fields)

@@ -22,6 +22,7 @@ from biz2bricks_core.errors import (
     UnknownPlanError,
 )
 from biz2bricks_core.events import UsageEvent, decode_event, encode_event
+from biz2bricks_core.holds import TokenHold
 from biz2bricks_core.pricing import PriceBook, TokenPrice, event_cost
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ __all__ = [
     "LimitDecision",
     "PermanentError",
     "PriceBook",
+    "TokenHold",
     "TokenPrice",
     "TransientError",
     "UnknownOrganizationError",

@@ -88,6 +88,8 @@ class UsageEvent(BaseModel):
     operation: OptionalText = None
     request_id: OptionalText = None
     metadata: dict[str, Any] | None = None
+    # The token hold (UsageService.reserve_tokens) this call settles.
+    reservation_id: UUID | None = None
 
     @field_validator("metadata")
     @classmethod

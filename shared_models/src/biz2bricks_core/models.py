@@ -27,7 +27,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "ModelPricingModel",
     "OrganizationModel",
     "SubscriptionPlanModel",
+    "TokenHoldModel",
+    "UsageAlertModel",
     "UsageDailySummaryModel",
     "UsageEventModel",
     "UsageEventRejectModel",
@@ -194,6 +196,10 @@ class SubscriptionPlanModel(Base):
     soft_limit: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     period_unit: Mapped[str] = mapped_column(String(8), server_default="month")
     is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # Percent of the allowance at which a usage alert is written (biz2bricks_core.alerts).
+    alert_thresholds_pct: Mapped[list[int]] = mapped_column(
+        ARRAY(Integer), server_default=text("'{50,80,100}'")
+    )
 
     __table_args__ = (
         CheckConstraint("period_unit IN ('month', 'year')", name="period_unit_known"),
@@ -261,6 +267,7 @@ class UsageLimitsModel(Base):
         CheckConstraint("tokens_used_period >= 0", name="tokens_nonnegative"),
         CheckConstraint("storage_used_bytes >= 0", name="storage_nonnegative"),
         CheckConstraint("credits_tokens >= 0", name="credits_nonnegative"),
+        CheckConstraint("tokens_reserved >= 0", name="reserved_nonnegative"),
         CheckConstraint("period_end > period_start", name="period_ordered"),
         CheckConstraint("period_unit IN ('month', 'year')", name="period_unit_known"),
         # Every committed batch rewrites its organizations' rows: free space on each page lets
@@ -283,6 +290,10 @@ class UsageLimitsModel(Base):
     storage_used_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     storage_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
     counters_updated_at: Mapped[datetime | None]
+    # Sum of the tokens of holds in state 'live' (biz2bricks_core.holds keeps it exact), and a
+    # lower bound of their earliest expiry: while it lies in the future, no counted hold expired.
+    tokens_reserved: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    holds_next_expiry: Mapped[datetime | None]
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
@@ -374,3 +385,62 @@ class UsageRollupDayModel(Base):
     # The newest received_at included by that run: events received after it are late arrivals.
     watermark: Mapped[datetime]
     rows_written: Mapped[int] = mapped_column(Integer)
+
+
+class TokenHoldModel(Base):
+    """Tokens reserved for one LLM call until its event settles them, it is released, or expires.
+
+    A hold counts against the limit while its state is 'live' and ``expires_at`` is ahead. The
+    event that settles a hold deletes it; released and expired holds stay, with ``ended_at``.
+    """
+
+    __tablename__ = "usage_token_holds"
+    __table_args__ = (
+        CheckConstraint("tokens >= 0", name="tokens_nonnegative"),
+        CheckConstraint("state IN ('live', 'released', 'expired')", name="state_known"),
+        Index(
+            "ix_usage_token_holds_live",
+            "organization_id",
+            "expires_at",
+            postgresql_where=text("state = 'live'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    # No foreign key, as on usage_events: holds are inserted only under a lock of the
+    # organization's usage_limits row (which references organizations), on the request path.
+    organization_id: Mapped[uuid.UUID]
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), server_default="live")
+    created_at: Mapped[datetime] = _created_at()
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+
+
+class UsageAlertModel(Base):
+    """One threshold of an organization's allowance crossed in one period, relayed to Pub/Sub."""
+
+    __tablename__ = "usage_alerts"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "period_start", "metric", "threshold_pct"),
+        CheckConstraint("metric IN ('tokens')", name="metric_known"),
+        Index(
+            "ix_usage_alerts_unpublished",
+            "created_at",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    period_start: Mapped[datetime]
+    metric: Mapped[str] = mapped_column(String(16))
+    threshold_pct: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(BigInteger)
+    allowance: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _created_at()
+    published_at: Mapped[datetime | None]

@@ -1,7 +1,7 @@
 """UsageService: the synchronous limit checks on the AI service's and backend API's request paths.
 
 Each check is one round trip: a primary-key read for tokens, one conditional UPDATE (with its
-audit row in the same statement) for storage.
+audit row in the same statement) for storage, one function call for a token hold.
 """
 
 from __future__ import annotations
@@ -20,11 +20,25 @@ from sqlalchemy import text
 from biz2bricks_core._provisioning import provision
 from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
-from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
+from biz2bricks_core.errors import (
+    DatabaseUnavailableError,
+    InvalidArgumentError,
+    UnknownOrganizationError,
+)
+from biz2bricks_core.holds import (
+    LIVE_RESERVED,
+    MAX_HOLD_TTL_S,
+    RELEASE,
+    RESERVE,
+    TokenHold,
+    hold_from_row,
+    token_reason,
+)
 
 __all__ = [
     "DATABASE_DOWN_ERRORS",
     "LimitDecision",
+    "TokenHold",
     "UsageService",
     "UsageServiceSettings",
     "UsageSnapshot",
@@ -38,7 +52,8 @@ log = logging.getLogger(__name__)
 # round trip each, without a result-processing layer (see docs/benchmarks.md for why).
 _TOKEN_CHECK = (
     "SELECT token_limit, credits_tokens, tokens_used_period, soft_limit, period_end,"
-    " counters_updated_at, now() AS now FROM usage_limits WHERE organization_id = $1"
+    f" counters_updated_at, now() AS now, {LIVE_RESERVED} AS reserved"
+    " FROM usage_limits l WHERE organization_id = $1"
 )
 _RESERVE = (
     "WITH changed AS ("
@@ -75,17 +90,24 @@ class UsageServiceSettings(Settings):
 
     token_check_fail_open: bool = Field(default=True)
     storage_fail_open: bool = Field(default=False)
+    # How long a token hold counts when its event never arrives (USAGE_HOLD_TTL_S).
+    hold_ttl_s: float = Field(default=900.0, gt=0, le=MAX_HOLD_TTL_S)
 
 
 @dataclass(frozen=True, slots=True)
 class LimitDecision:
-    """The answer of a limit check. ``limit`` None means unlimited."""
+    """The answer of a limit check. ``limit`` None means unlimited.
+
+    ``reserved`` is the organization's total of live token holds (0 for storage); ``remaining``
+    is limit - used - reserved, never below 0.
+    """
 
     allowed: bool
     used: int
     limit: int | None
     remaining: int | None
     reason: str
+    reserved: int = 0
     period_end: datetime | None = None
     counters_updated_at: datetime | None = None
     counter_age_s: float | None = None
@@ -112,12 +134,38 @@ class UsageSnapshot:
 
 def as_org_id(value: uuid.UUID | str) -> uuid.UUID:
     """Accept a UUID or its string; anything else is an InvalidArgumentError."""
+    return _as_uuid("organization_id", value)
+
+
+def _as_uuid(name: str, value: uuid.UUID | str) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
     try:
         return uuid.UUID(str(value))
     except ValueError:
-        raise InvalidArgumentError(f"organization_id: {value!r} is not a UUID") from None
+        raise InvalidArgumentError(f"{name}: {value!r} is not a UUID") from None
+
+
+def _as_tokens(estimated_tokens: int) -> int:
+    if (
+        isinstance(estimated_tokens, bool)
+        or not isinstance(estimated_tokens, int)
+        or estimated_tokens < 0
+    ):
+        raise InvalidArgumentError(
+            f"estimated_tokens: must be an int >= 0, got {estimated_tokens!r}"
+        )
+    return estimated_tokens
+
+
+def _as_ttl(ttl_s: float) -> float:
+    if (
+        isinstance(ttl_s, bool)
+        or not isinstance(ttl_s, int | float)
+        or not (0 < ttl_s <= MAX_HOLD_TTL_S)
+    ):
+        raise InvalidArgumentError(f"ttl_s: must be > 0 and <= {MAX_HOLD_TTL_S:.0f}, got {ttl_s!r}")
+    return float(ttl_s)
 
 
 def _as_size(n_bytes: int) -> int:
@@ -144,6 +192,7 @@ class UsageService:
             "token_fail_closed": 0,
             "storage_fail_open": 0,
             "storage_fail_closed": 0,
+            "token_holds_expired": 0,
         }
 
     async def check_token_limit(
@@ -161,6 +210,53 @@ class UsageService:
         if row is None:
             raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
         return token_decision(row, estimated_tokens)
+
+    async def reserve_tokens(
+        self,
+        organization_id: uuid.UUID | str,
+        estimated_tokens: int,
+        *,
+        ttl_s: float | None = None,
+    ) -> TokenHold:
+        """Hold ``estimated_tokens`` for one LLM call if they fit; one atomic round trip.
+
+        Allowed only while used + live holds + estimate <= allowance (soft-limit plans: allowed
+        with ``soft_limit_exceeded``); refused, nothing changes. The hold counts until the event
+        recorded with its ``reservation_id`` settles it, ``release_tokens`` ends it, or
+        ``ttl_s`` (default ``USAGE_HOLD_TTL_S``) passes.
+        """
+        org = as_org_id(organization_id)
+        estimate = _as_tokens(estimated_tokens)
+        ttl = self.settings.hold_ttl_s if ttl_s is None else _as_ttl(ttl_s)
+        try:
+            async with self.db.driver() as driver:
+                row = await driver.fetchrow(RESERVE, org, estimate, ttl)
+        except DATABASE_DOWN_ERRORS as error:
+            down = self._database_down("token", self.settings.token_check_fail_open, org, error)
+            return TokenHold(down.allowed, None, 0, 0, None, None, down.reason, None)
+        if row is None:
+            raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
+        if row["expired_holds"]:
+            self.counters["token_holds_expired"] += row["expired_holds"]
+            log.info(
+                "usage.token_holds_expired",
+                extra={"organization_id": str(org), "holds": row["expired_holds"]},
+            )
+        return hold_from_row(row)
+
+    async def release_tokens(self, reservation_id: uuid.UUID | str | None) -> None:
+        """End a hold whose call failed and used nothing. Idempotent; None or unknown: no-op."""
+        if reservation_id is None:
+            return
+        hold_id = _as_uuid("reservation_id", reservation_id)
+        try:
+            async with self.db.driver() as driver:
+                await driver.fetchval(RELEASE, hold_id)
+        except DATABASE_DOWN_ERRORS as error:
+            raise DatabaseUnavailableError(
+                f"could not release token hold {hold_id}: {type(error).__name__}: {error}"
+                " (it stops counting when its ttl passes)"
+            ) from error
 
     async def reserve_storage(
         self, organization_id: uuid.UUID | str, n_bytes: int, *, actor: uuid.UUID | None = None
@@ -292,20 +388,17 @@ class UsageService:
 
 
 def token_decision(row: Any, estimated_tokens: int) -> LimitDecision:
-    """Decide a token check from a usage_limits row (pure: no I/O)."""
+    """Decide a token check from a usage_limits row and its live holds (pure: no I/O)."""
     now: datetime = row["now"]
     period_over = now >= row["period_end"]
     used = 0 if period_over else int(row["tokens_used_period"])
+    reserved = int(row["reserved"])
     updated = row["counters_updated_at"]
     age = None if updated is None else max((now - updated).total_seconds(), 0.0)
     common = {"period_end": row["period_end"], "counters_updated_at": updated, "counter_age_s": age}
     limit = row["token_limit"]
-    if limit is None:
-        return LimitDecision(True, used, None, None, "unlimited", **common)
-    allowance = int(limit) + int(row["credits_tokens"])
-    remaining = max(allowance - used, 0)
-    if used + estimated_tokens <= allowance:
-        return LimitDecision(True, used, allowance, remaining, "ok", **common)
-    if row["soft_limit"]:
-        return LimitDecision(True, used, allowance, remaining, "soft_limit_exceeded", **common)
-    return LimitDecision(False, used, allowance, remaining, "token_limit_exceeded", **common)
+    allowance = None if limit is None else int(limit) + int(row["credits_tokens"])
+    reason = token_reason(used, reserved, estimated_tokens, allowance, bool(row["soft_limit"]))
+    remaining = None if allowance is None else max(allowance - used - reserved, 0)
+    allowed = reason != "token_limit_exceeded"
+    return LimitDecision(allowed, used, allowance, remaining, reason, reserved, **common)

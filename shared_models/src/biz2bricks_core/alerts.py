@@ -1,0 +1,98 @@
+"""Usage alerts: which thresholds of an allowance a committed batch crossed, and their message.
+
+A threshold (percent of the allowance = token limit + credits) is crossed when the period's
+usage moves from below it to at or above it. The consumer's batch transaction writes one
+``usage_alerts`` row per crossed threshold (unique per organization, period, metric and
+threshold, so redeliveries and replicas write it once); the relay publishes unpublished rows.
+Holds do not count here: a reservation alone never alerts, usage does.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+__all__ = [
+    "ALERT_BODY_KEYS",
+    "CROSSED",
+    "DEFAULT_THRESHOLDS_PCT",
+    "INSERT_ALERTS",
+    "MARK_PUBLISHED",
+    "PENDING_ALERTS",
+    "alert_message",
+    "crossed_thresholds",
+]
+
+DEFAULT_THRESHOLDS_PCT: Final = (50, 80, 100)
+ALERT_BODY_KEYS: Final = (
+    "id",
+    "organization_id",
+    "period_start",
+    "metric",
+    "threshold_pct",
+    "used",
+    "allowance",
+    "created_at",
+)
+
+
+def crossed_thresholds(
+    before: int, after: int, allowance: int, thresholds_pct: Iterable[int]
+) -> list[int]:
+    """The thresholds that usage moving from ``before`` to ``after`` crossed (SQL twin: CROSSED)."""
+    return sorted(pct for pct in thresholds_pct if before * 100 < pct * allowance <= after * 100)
+
+
+# The same rule in SQL over columns named before_tokens, after_tokens, allowance, pct.
+CROSSED: Final = "(before_tokens * 100 < pct * allowance AND pct * allowance <= after_tokens * 100)"
+
+# After the batch's INSERT_AND_COUNT, in its transaction. $1..$3: the batch's organizations with
+# their counter and period as locked before the batch (a period that rolled starts from 0).
+INSERT_ALERTS: Final = f"""
+WITH moved AS (
+    SELECT l.organization_id, l.period_start, l.tokens_used_period AS after_tokens,
+        CASE WHEN l.period_start = b.period_start THEN b.tokens ELSE 0 END AS before_tokens,
+        l.token_limit + l.credits_tokens AS allowance, p.alert_thresholds_pct
+    FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS b(organization_id, tokens,
+        period_start)
+    JOIN usage_limits l USING (organization_id)
+    JOIN subscription_plans p ON p.name = l.plan
+    WHERE l.token_limit IS NOT NULL
+),
+crossed AS (
+    SELECT m.*, t.pct FROM moved m CROSS JOIN LATERAL unnest(m.alert_thresholds_pct) AS t(pct)
+)
+INSERT INTO usage_alerts (organization_id, period_start, metric, threshold_pct, used, allowance)
+SELECT organization_id, period_start, 'tokens', pct, after_tokens, allowance
+FROM crossed WHERE {CROSSED}
+ORDER BY organization_id, pct
+ON CONFLICT (organization_id, period_start, metric, threshold_pct) DO NOTHING
+RETURNING id
+"""
+
+PENDING_ALERTS: Final = (
+    "SELECT id, organization_id, period_start, metric, threshold_pct, used, allowance,"
+    " created_at FROM usage_alerts WHERE published_at IS NULL"
+    " ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+)
+MARK_PUBLISHED: Final = (
+    "UPDATE usage_alerts SET published_at = now() WHERE id = ANY($1::uuid[])"
+    " AND published_at IS NULL"
+)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def alert_message(row: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The Pub/Sub body (JSON with every column but published_at) and attributes of an alert."""
+    body = {key: _json_value(row[key]) for key in ALERT_BODY_KEYS}
+    return json.dumps(body, separators=(",", ":")).encode(), {"alert_id": str(row["id"])}

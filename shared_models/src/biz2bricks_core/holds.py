@@ -1,0 +1,270 @@
+"""Token holds: reserve an LLM call's estimate before it runs, settle it when its event lands.
+
+Invariant kept by every statement here: ``usage_limits.tokens_reserved`` is the sum of the
+tokens of the organization's holds in state 'live', and ``holds_next_expiry`` is at most the
+earliest ``expires_at`` among them. So while ``holds_next_expiry`` lies in the future no counted
+hold has expired and the counter is exact (an O(1) read); once it has passed, readers sum the
+live rows instead and the next reservation sweeps the expired ones (state 'expired').
+
+Every writer locks the organization's ``usage_limits`` row first and the hold rows after it
+(the consumer's batch does the same), so they serialize per organization and cannot deadlock;
+each statement of the PL/pgSQL functions then sees everything committed before the lock.
+
+The token-limit rule (``token_reason``) has its SQL twin ``usage_token_reason`` here too, and
+the functions below are created by migration 0005 from a frozen copy of this text: a test
+checks that the database runs exactly these bodies and that both rules agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+__all__ = [
+    "FUNCTION_BODIES",
+    "LIVE_RESERVED",
+    "MAX_HOLD_TTL_S",
+    "RELEASE",
+    "RESERVE",
+    "SETTLE_HOLDS",
+    "TokenHold",
+    "function_ddl",
+    "hold_from_row",
+    "token_reason",
+]
+
+MAX_HOLD_TTL_S: Final = 7 * 24 * 3600.0
+
+
+def token_reason(
+    used: int, reserved: int, estimate: int, allowance: int | None, soft_limit: bool
+) -> str:
+    """The token-limit rule: may a call of ``estimate`` tokens start? (SQL twin below.)"""
+    if allowance is None:
+        return "unlimited"
+    if used + reserved + estimate <= allowance:
+        return "ok"
+    return "soft_limit_exceeded" if soft_limit else "token_limit_exceeded"
+
+
+TOKEN_REASON_BODY: Final = """
+SELECT CASE
+    WHEN p_allowance IS NULL THEN 'unlimited'
+    WHEN p_used + p_reserved + p_estimate <= p_allowance THEN 'ok'
+    WHEN p_soft_limit THEN 'soft_limit_exceeded'
+    ELSE 'token_limit_exceeded' END
+"""
+
+RESERVE_BODY: Final = """
+#variable_conflict use_column
+DECLARE
+    lim record;
+    v_used bigint;
+    v_reserved bigint;
+    v_allowance bigint;
+    v_reason text;
+    v_next timestamptz;
+    v_expired integer := 0;
+    v_expired_tokens bigint := 0;
+    v_id uuid;
+    v_expires timestamptz := now() + make_interval(secs => p_ttl_s);
+BEGIN
+    -- Fast path, one statement: a limited plan, no counted hold expired, and the call fits.
+    UPDATE usage_limits l SET tokens_reserved = l.tokens_reserved + p_tokens,
+        holds_next_expiry = least(l.holds_next_expiry, v_expires)
+    WHERE l.organization_id = p_org AND l.token_limit IS NOT NULL
+        AND (l.holds_next_expiry IS NULL OR l.holds_next_expiry > now())
+        AND usage_token_reason(
+            CASE WHEN now() >= l.period_end THEN 0 ELSE l.tokens_used_period END,
+            l.tokens_reserved, p_tokens, l.token_limit + l.credits_tokens, l.soft_limit
+        ) <> 'token_limit_exceeded'
+    RETURNING CASE WHEN now() >= l.period_end THEN 0 ELSE l.tokens_used_period END AS used,
+        l.tokens_reserved AS reserved, l.token_limit + l.credits_tokens AS allowance,
+        l.soft_limit AS soft_limit INTO lim;
+    IF FOUND THEN
+        INSERT INTO usage_token_holds (organization_id, tokens, expires_at)
+        VALUES (p_org, p_tokens, v_expires) RETURNING id INTO v_id;
+        RETURN QUERY SELECT true, v_id, lim.used, lim.reserved, lim.allowance,
+            usage_token_reason(lim.used, lim.reserved - p_tokens, p_tokens, lim.allowance,
+                lim.soft_limit), v_expires, 0;
+        RETURN;
+    END IF;
+    -- Otherwise: unknown organization, unlimited plan, holds to sweep, or a refusal.
+    SELECT l.token_limit, l.credits_tokens, l.soft_limit, l.period_end, l.tokens_used_period,
+        l.tokens_reserved, l.holds_next_expiry INTO lim
+    FROM usage_limits l WHERE l.organization_id = p_org;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    v_used := CASE WHEN now() >= lim.period_end THEN 0 ELSE lim.tokens_used_period END;
+    IF lim.token_limit IS NULL THEN  -- unlimited: nothing to hold, no lock taken
+        RETURN QUERY SELECT true, NULL::uuid, v_used, lim.tokens_reserved, NULL::bigint,
+            'unlimited'::text, NULL::timestamptz, 0;
+        RETURN;
+    END IF;
+    SELECT l.token_limit, l.credits_tokens, l.soft_limit, l.period_end, l.tokens_used_period,
+        l.tokens_reserved, l.holds_next_expiry INTO lim
+    FROM usage_limits l WHERE l.organization_id = p_org FOR UPDATE;
+    v_reserved := lim.tokens_reserved;
+    v_next := lim.holds_next_expiry;
+    IF v_next IS NOT NULL AND v_next <= now() THEN
+        WITH ended AS (
+            UPDATE usage_token_holds h SET state = 'expired', ended_at = now()
+            WHERE h.organization_id = p_org AND h.state = 'live' AND h.expires_at <= now()
+            RETURNING h.tokens)
+        SELECT count(*), coalesce(sum(ended.tokens), 0) INTO v_expired, v_expired_tokens
+        FROM ended;
+        SELECT min(h.expires_at) INTO v_next FROM usage_token_holds h
+        WHERE h.organization_id = p_org AND h.state = 'live';
+        v_reserved := greatest(v_reserved - v_expired_tokens, 0);
+    END IF;
+    v_used := CASE WHEN now() >= lim.period_end THEN 0 ELSE lim.tokens_used_period END;
+    v_allowance := lim.token_limit + lim.credits_tokens;
+    v_reason := usage_token_reason(v_used, v_reserved, p_tokens, v_allowance, lim.soft_limit);
+    IF v_reason = 'token_limit_exceeded' THEN
+        IF v_expired > 0 THEN
+            UPDATE usage_limits l SET tokens_reserved = v_reserved, holds_next_expiry = v_next
+            WHERE l.organization_id = p_org;
+        END IF;
+        RETURN QUERY SELECT false, NULL::uuid, v_used, v_reserved, v_allowance, v_reason,
+            NULL::timestamptz, v_expired;
+        RETURN;
+    END IF;
+    INSERT INTO usage_token_holds (organization_id, tokens, expires_at)
+    VALUES (p_org, p_tokens, v_expires) RETURNING id INTO v_id;
+    UPDATE usage_limits l SET tokens_reserved = v_reserved + p_tokens,
+        holds_next_expiry = least(v_next, v_expires)
+    WHERE l.organization_id = p_org;
+    RETURN QUERY SELECT true, v_id, v_used, v_reserved + p_tokens, v_allowance, v_reason,
+        v_expires, v_expired;
+END
+"""
+
+RELEASE_BODY: Final = """
+DECLARE
+    v_org uuid;
+    v_tokens bigint;
+BEGIN
+    SELECT h.organization_id INTO v_org FROM usage_token_holds h
+    WHERE h.id = p_id AND h.state = 'live';
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM 1 FROM usage_limits l WHERE l.organization_id = v_org FOR UPDATE;
+    UPDATE usage_token_holds h SET state = 'released', ended_at = now()
+    WHERE h.id = p_id AND h.state = 'live' RETURNING h.tokens INTO v_tokens;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE usage_limits l SET tokens_reserved = greatest(l.tokens_reserved - v_tokens, 0)
+    WHERE l.organization_id = v_org;
+    RETURN true;
+END
+"""
+
+_SIGNATURES: Final = {
+    "usage_token_reason": (
+        "(p_used bigint, p_reserved bigint, p_estimate bigint, p_allowance bigint,"
+        " p_soft_limit boolean) RETURNS text LANGUAGE sql IMMUTABLE"
+    ),
+    "usage_reserve_tokens": (
+        "(p_org uuid, p_tokens bigint, p_ttl_s double precision)"
+        " RETURNS TABLE (allowed boolean, reservation_id uuid, used bigint, reserved bigint,"
+        " allowance bigint, reason text, expires_at timestamptz, expired_holds integer)"
+        " LANGUAGE plpgsql VOLATILE"
+    ),
+    "usage_release_tokens": "(p_id uuid) RETURNS boolean LANGUAGE plpgsql VOLATILE",
+}
+
+FUNCTION_BODIES: Final = {
+    "usage_token_reason": TOKEN_REASON_BODY,
+    "usage_reserve_tokens": RESERVE_BODY,
+    "usage_release_tokens": RELEASE_BODY,
+}
+
+
+def function_ddl(name: str) -> str:
+    """``CREATE OR REPLACE FUNCTION`` of one of the functions above."""
+    return (
+        f"CREATE OR REPLACE FUNCTION {name}{_SIGNATURES[name]} AS $fn${FUNCTION_BODIES[name]}$fn$"
+    )
+
+
+# One round trip each, on the request path.
+RESERVE: Final = "SELECT * FROM usage_reserve_tokens($1, $2, $3)"
+RELEASE: Final = "SELECT usage_release_tokens($1)"
+
+# The organization's live holds, exact: the counter while no counted hold can have expired,
+# else the sum of the live rows (an index range scan; the next reservation sweeps them).
+LIVE_RESERVED: Final = (
+    "CASE WHEN l.holds_next_expiry IS NULL OR l.holds_next_expiry > now()"
+    " THEN l.tokens_reserved ELSE (SELECT coalesce(sum(h.tokens), 0) FROM usage_token_holds h"
+    " WHERE h.organization_id = l.organization_id AND h.state = 'live'"
+    " AND h.expires_at > now()) END"
+)
+
+# In the consumer's batch transaction, after its usage_limits rows are locked and BEFORE the
+# events are inserted: a hold settles only for an event not stored yet (one that this batch
+# inserts), so a redelivered or republished event settles nothing twice. An id that names no
+# live hold of the event's organization is ignored; the event counts its tokens as usual.
+# A settled hold is deleted (its event is the record): deleting costs the batch about half of
+# what updating the row to a 'settled' state did, measured with every event settling a hold.
+SETTLE_HOLDS: Final = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[])
+        AS t(event_id, organization_id, reservation_id)
+),
+settled AS (
+    DELETE FROM usage_token_holds h
+    USING input i
+    WHERE h.id = i.reservation_id AND h.organization_id = i.organization_id
+        AND h.state = 'live'
+        AND NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.event_id = i.event_id)
+    RETURNING h.organization_id, h.tokens
+),
+per_org AS (
+    SELECT organization_id, sum(tokens) AS tokens, count(*) AS holds
+    FROM settled GROUP BY organization_id
+)
+UPDATE usage_limits u SET tokens_reserved = greatest(u.tokens_reserved - p.tokens, 0)
+FROM per_org p
+WHERE u.organization_id = p.organization_id
+RETURNING p.holds
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenHold:
+    """The answer of ``reserve_tokens``. ``limit`` None means unlimited.
+
+    ``reserved`` is the organization's total of live holds, this one included; ``remaining``
+    is allowance - used - reserved, never below 0. ``reservation_id`` is None when nothing was
+    held (refused, unlimited plan, or the database was down).
+    """
+
+    allowed: bool
+    reservation_id: uuid.UUID | None
+    used: int
+    reserved: int
+    limit: int | None
+    remaining: int | None
+    reason: str
+    expires_at: datetime | None
+
+
+def hold_from_row(row: Any) -> TokenHold:
+    """Build a TokenHold from a row of ``usage_reserve_tokens``."""
+    used, reserved, allowance = int(row["used"]), int(row["reserved"]), row["allowance"]
+    remaining = None if allowance is None else max(int(allowance) - used - reserved, 0)
+    return TokenHold(
+        allowed=bool(row["allowed"]),
+        reservation_id=row["reservation_id"],
+        used=used,
+        reserved=reserved,
+        limit=None if allowance is None else int(allowance),
+        remaining=remaining,
+        reason=row["reason"],
+        expires_at=row["expires_at"],
+    )
