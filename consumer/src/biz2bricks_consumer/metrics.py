@@ -61,6 +61,20 @@ class ConsumerMetrics:
             "Age of the oldest message in the last committed batch",
             registry=r,
         )
+        self.holds_settled = Counter(
+            "usage_consumer_holds_settled", "Token holds settled by their events", registry=r
+        )
+        self.alerts_created = Counter(
+            "usage_consumer_alerts_created", "Usage alert rows written", registry=r
+        )
+        self.alerts_published = Counter(
+            "usage_consumer_alerts_published", "Usage alerts published to Pub/Sub", registry=r
+        )
+        self.alert_relay_failures = Counter(
+            "usage_consumer_alert_relay_failures",
+            "Alert relay rounds that failed (retried later)",
+            registry=r,
+        )
         self.database_up = Gauge(
             "usage_consumer_database_up", "1 when the last commit succeeded", registry=r
         )

@@ -141,13 +141,13 @@ class PubSubSource:
 
 
 def ensure_topic_and_subscription(settings: ConsumerSettings) -> dict[str, str]:
-    """Create the topic, a dead-letter topic and the subscription if missing (development)."""
+    """Create the topic, a dead-letter topic, the alerts topic and the subscription if missing."""
     publisher = PublisherClient()
     subscriber = SubscriberClient()
     dead_letter_topic = f"{settings.topic_path}-dead-letter"
     done: dict[str, str] = {}
     try:
-        for topic in (settings.topic_path, dead_letter_topic):
+        for topic in (settings.topic_path, dead_letter_topic, settings.alerts_topic_path):
             try:
                 publisher.create_topic(name=topic)
                 done[topic] = "created"

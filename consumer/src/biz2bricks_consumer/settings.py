@@ -20,6 +20,9 @@ class ConsumerSettings(Settings):
     )
     topic: str = Field(default="usage-events", validation_alias="USAGE_TOPIC")
     subscription: str = Field(default="usage-consumer", validation_alias="USAGE_SUBSCRIPTION")
+    alerts_topic: str = Field(default="usage-alerts", validation_alias="USAGE_ALERTS_TOPIC")
+    # Unpublished alerts are also looked for this often (e.g. left by a replica that died).
+    alert_poll_s: float = Field(default=10.0, gt=0, validation_alias="CONSUMER_ALERT_POLL")
     batch_max_messages: int = Field(
         default=1000, ge=1, le=5000, validation_alias="CONSUMER_BATCH_MAX_MESSAGES"
     )
@@ -72,3 +75,8 @@ class ConsumerSettings(Settings):
     def topic_path(self) -> str:
         """``projects/P/topics/T``."""
         return f"projects/{self.project_id}/topics/{self.topic}"
+
+    @property
+    def alerts_topic_path(self) -> str:
+        """``projects/P/topics/A``: where usage alerts are relayed."""
+        return f"projects/{self.project_id}/topics/{self.alerts_topic}"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from sqlalchemy import text
 
+from biz2bricks_consumer.alert_relay import AlertRelay
 from biz2bricks_consumer.batching import Batch, InboundMessage, build_batch
 from biz2bricks_consumer.buffer import PullBuffer
 from biz2bricks_consumer.errors import (
@@ -88,6 +89,7 @@ class Worker:
         self.unpriced_log = UnpricedLog(settings.unpriced_log_interval_s)
         self.retry = DatabaseRetry(settings, self.metrics)
         self.inflight = InFlight(self.source, settings.ack_deadline_s, self.metrics)
+        self.alerts = AlertRelay(settings, db, self.metrics)
         self._stopping = asyncio.Event()
         self.buffer = PullBuffer(
             settings,
@@ -148,6 +150,7 @@ class Worker:
         for i in range(self.settings.pull_concurrency):
             sup.start(f"pull-{i}", self.buffer.pull_loop)
         sup.start("leases", self.inflight.keep_leases)
+        sup.start("alert-relay", self.alerts.run)
         writers = [
             sup.start(f"batch-{i}", self._batch_loop)
             for i in range(self.settings.write_concurrency)
@@ -179,6 +182,10 @@ class Worker:
         await self.supervisor.cancel_all(timeout_s=1.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._release_unwritten(), timeout=SHUTDOWN_RESERVE_S)
+        # Alerts committed by this or a dead replica leave before the process does.
+        grace = self.retry.remaining_grace_s()
+        await self.alerts.drain(budget_s if grace is None else max(grace, 0.1))
+        self.alerts.close()
         log.info("consumer.stopped", extra=self.summary())
 
     async def _release_unwritten(self) -> None:
@@ -222,6 +229,9 @@ class Worker:
             "isolated": m.value("usage_consumer_isolated_total"),
             "acked": m.value("usage_consumer_messages_acked_total"),
             "commit_retries": m.value("usage_consumer_commit_retries_total"),
+            "holds_settled": m.value("usage_consumer_holds_settled_total"),
+            "alerts_created": m.value("usage_consumer_alerts_created_total"),
+            "alerts_published": m.value("usage_consumer_alerts_published_total"),
         }
 
     async def _process(self, messages: list[InboundMessage]) -> None:
@@ -326,6 +336,10 @@ class Worker:
         if result.unpriced:
             self.metrics.unpriced.inc(result.unpriced)
             self.unpriced_log.report(result.unpriced_models)
+        self.metrics.holds_settled.inc(result.holds_settled)
+        if result.alerts_created:
+            self.metrics.alerts_created.inc(result.alerts_created)
+            self.alerts.notify()
         for reject in result.rejected:
             self.metrics.rejects.labels(reason=reject.reason_code).inc()
             log.warning(

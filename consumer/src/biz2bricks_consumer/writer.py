@@ -9,7 +9,11 @@
 3. When fewer rows were inserted than sent, the event_ids that were already stored (by an
    earlier transaction) are compared with what arrived: other content under the same
    event_id is a ``conflicting_duplicate`` reject, an identical redelivery stays silent.
-4. Rejects are inserted in the same transaction. The caller acks only after the commit.
+4. Holds and alerts (biz2bricks_core.holds, .alerts), each one statement when there is work:
+   before the insert, events carrying a ``reservation_id`` settle their live holds (only events
+   not stored yet, so redeliveries settle nothing twice); after it, thresholds of the allowance
+   that the batch's usage crossed are written to ``usage_alerts``.
+5. Rejects are inserted in the same transaction. The caller acks only after the commit.
 """
 
 from __future__ import annotations
@@ -31,16 +35,18 @@ from biz2bricks_consumer.batching import (
     conflict_reason,
     storable_attributes,
 )
+from biz2bricks_core.alerts import INSERT_ALERTS
 from biz2bricks_core.credits import credits_after_period_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.events import UsageEvent
+from biz2bricks_core.holds import SETTLE_HOLDS
 from biz2bricks_core.periods import period_end_sql, period_start_sql
 from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
 
 # Statements run on the asyncpg connection under a pooled SQLAlchemy one: SQLAlchemy's
 # execute and result layers cost ~1 ms per batch here, a fifth of the batch's write time.
 LOCK_ORGS = (
-    "SELECT organization_id FROM usage_limits"
+    "SELECT organization_id, tokens_used_period, period_start FROM usage_limits"
     " WHERE organization_id = ANY($1::uuid[])"
     " ORDER BY organization_id FOR UPDATE"
 )
@@ -152,6 +158,8 @@ class WriteResult:
     # Inserted events without a price, and the (provider, model, reason) the batch had.
     unpriced: int = 0
     unpriced_models: list[Unpriced] = field(default_factory=list)
+    holds_settled: int = 0
+    alerts_created: int = 0
 
     @property
     def conflicts(self) -> int:
@@ -204,20 +212,24 @@ class BatchWriter:
     async def write(self, batch: Batch) -> WriteResult:
         """Commit the batch's events, counters and rejects together, or raise and change nothing."""
         events, rejects = batch.events, list(batch.rejects)
-        inserted = conflicting = unpriced = 0
+        inserted = conflicting = unpriced = settled = alerts = 0
         unpriced_models: list[Unpriced] = []
         async with self._db.driver() as conn, conn.transaction():
             if events:
                 orgs = sorted({e.organization_id for e in events})
-                known = {row[0] for row in await conn.fetch(LOCK_ORGS, orgs)}
+                locked = await conn.fetch(LOCK_ORGS, orgs)
+                known = {row[0] for row in locked}
                 if len(known) < len(orgs):
                     events, unknown = _split_unknown(batch, known)
                     rejects.extend(unknown)
                 if events:
+                    settled = await _settle_holds(conn, events)
                     *params, unpriced_models = event_params(events, self._prices())
                     rows = await conn.fetch(INSERT_AND_COUNT, *params)
                     inserted = sum(row[0] for row in rows)
                     unpriced = sum(row[1] for row in rows)
+                if inserted:
+                    alerts = len(await conn.fetch(INSERT_ALERTS, *zip(*locked, strict=True)))
                 if inserted < len(events):
                     conflicts = await _conflicts(conn, events, sources_of(batch, events))
                     rejects.extend(conflicts)
@@ -225,7 +237,23 @@ class BatchWriter:
             if rejects:
                 await conn.execute(INSERT_REJECTS, *reject_columns(rejects))
         duplicates = len(events) - inserted - conflicting + batch.duplicates_in_batch
-        return WriteResult(inserted, duplicates, rejects, unpriced, unpriced_models)
+        return WriteResult(
+            inserted, duplicates, rejects, unpriced, unpriced_models, settled, alerts
+        )
+
+
+async def _settle_holds(conn: Any, events: Sequence[UsageEvent]) -> int:
+    """End the live holds that this batch's new events settle; the number of holds ended."""
+    settling = [e for e in events if e.reservation_id is not None]
+    if not settling:
+        return 0
+    rows = await conn.fetch(
+        SETTLE_HOLDS,
+        [e.event_id for e in settling],
+        [e.organization_id for e in settling],
+        [e.reservation_id for e in settling],
+    )
+    return sum(row[0] for row in rows)
 
 
 def sources_of(batch: Batch, events: Sequence[UsageEvent]) -> dict[uuid.UUID, InboundMessage]:
