@@ -16,6 +16,7 @@ from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
+from biz2bricks_rollup.holds_reconcile import find_hold_states, repair_holds
 from biz2bricks_rollup.reconcile import find_drift, repair, reserved_only
 from biz2bricks_rollup.reprice import reprice
 from biz2bricks_rollup.rollup import DayResult, RollupBusyError, days_between, run_rollup
@@ -111,7 +112,8 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
                 print(reserved.describe())
             if not drifts:
                 print("no drift: every counter equals its events and documents")
-            return EXIT_DRIFT if drifts else EXIT_OK
+            holds_drifted = await _reconcile_holds(db, fix=args.fix)
+            return EXIT_DRIFT if drifts or holds_drifted else EXIT_OK
         if args.command == "reprice":
             return await _reprice(db, args)
         return await _serve(db, args)
@@ -139,6 +141,18 @@ async def _reprice(db: DatabaseManager, args: argparse.Namespace) -> int:
         + ("" if args.dry_run else f", rolled up {len(result.days)} day(s) again")
     )
     return EXIT_OK
+
+
+async def _reconcile_holds(db: DatabaseManager, *, fix: bool) -> bool:
+    """Report (and with ``fix`` repair) token-hold counters and expired holds; True if drifted."""
+    states = await find_hold_states(db)
+    for state in states:
+        print(state.describe())
+    if fix and states:
+        print(f"repaired token holds of {await repair_holds(db, states)} organization(s)")
+    if not any(s.drifted for s in states):
+        print("no drift: every tokens_reserved equals its live holds")
+    return any(s.drifted for s in states)
 
 
 async def _serve(db: DatabaseManager, args: argparse.Namespace) -> int:
