@@ -7,7 +7,10 @@ measured path.
 Compared in one run against (a) raw asyncpg: unnest insert ON CONFLICT DO NOTHING RETURNING
 plus one summed counter UPDATE per batch, and (b) one transaction per event with
 SELECT .. FOR UPDATE (the original library's pattern). Bars: >= 0.6x (a), >= 25x (b).
+With --holds every event of ours settles a live token hold and the organizations have a token
+limit (so the alert statement has thresholds to check): the write path at its fullest.
 Run: uv run python -m bench.consumer_write [--events 100000] [--orgs 1000] [--batch 1000]
+    [--holds]
 """
 
 from __future__ import annotations
@@ -45,6 +48,26 @@ UPDATE usage_limits u SET tokens_used_period = u.tokens_used_period + d.tokens,
 FROM (SELECT unnest($1::uuid[]) AS organization_id, unnest($2::bigint[]) AS tokens) d
 WHERE u.organization_id = d.organization_id
 """
+
+
+async def with_holds(conn: asyncpg.Connection, items: list[UsageEvent]) -> list[UsageEvent]:
+    """The events, each carrying the id of a live hold written for it (untimed set-up)."""
+    ids = [uuid.uuid4() for _ in items]
+    await conn.execute(
+        "INSERT INTO usage_token_holds (id, organization_id, tokens, expires_at)"
+        " SELECT i, o, 2000, now() + interval '1 hour'"
+        " FROM unnest($1::uuid[], $2::uuid[]) AS t(i, o)",
+        ids,
+        [e.organization_id for e in items],
+    )
+    await conn.execute(
+        "UPDATE usage_limits l SET tokens_reserved = l.tokens_reserved + h.tokens,"
+        " holds_next_expiry = least(l.holds_next_expiry, now() + interval '1 hour')"
+        " FROM (SELECT o, 2000 * count(*) AS tokens FROM unnest($1::uuid[]) AS o GROUP BY o) h"
+        " WHERE l.organization_id = h.o",
+        [e.organization_id for e in items],
+    )
+    return [e.model_copy(update={"reservation_id": i}) for e, i in zip(items, ids, strict=True)]
 
 
 def chunks(items: list[UsageEvent], size: int) -> list[list[UsageEvent]]:
@@ -114,18 +137,24 @@ async def per_event(conn: asyncpg.Connection, items: list[UsageEvent]) -> None:
             )
 
 
-async def measure(url: str, n_events: int, n_orgs: int, batch_size: int, rounds: int) -> None:
+async def measure(
+    url: str, n_events: int, n_orgs: int, batch_size: int, rounds: int, holds: bool
+) -> None:
     if True:
         orgs = await provision_orgs(url, n_orgs)
         db = manager(url)
         book = await load_price_book(db, ModelNames())
         writer = BatchWriter(db, lambda: book)
         conn = await asyncpg.connect(libpq_url(make_url(url)))
+        if holds:
+            await conn.execute("UPDATE usage_limits SET token_limit = 1000000000000")
         ours_s = raw_s = 0.0
         per_round = n_events // rounds
         for r in range(rounds):
             raw_events = chunks(realistic(events(orgs, per_round)), batch_size)
             our_events = realistic(events(orgs, per_round))
+            if holds:
+                our_events = await with_holds(conn, our_events)
             our_batches = [
                 Batch(
                     events=c,
@@ -156,7 +185,8 @@ async def measure(url: str, n_events: int, n_orgs: int, batch_size: int, rounds:
     print(
         f"one transaction per event (FOR UPDATE, {len(sample)} events): {slow_rate:,.0f} events/s"
     )
-    print(f"BatchWriter ({batch_size}/batch, {n_orgs} orgs): {our_rate:,.0f} events/s")
+    settling = ", every event settling a hold" if holds else ""
+    print(f"BatchWriter ({batch_size}/batch, {n_orgs} orgs{settling}): {our_rate:,.0f} events/s")
     print(
         f"ratio vs raw {our_rate / raw_rate:.2f}x (bar >= 0.6); "
         f"vs per-event {our_rate / slow_rate:.1f}x (bar >= 25)"
@@ -169,7 +199,8 @@ if __name__ == "__main__":
     parser.add_argument("--orgs", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--holds", action="store_true", help="every event settles a token hold")
     args = parser.parse_args()
     with bench_database() as (url, _server):
         tune_gc()  # as the biz2bricks-consumer command does before it starts the worker
-        asyncio.run(measure(url, args.events, args.orgs, args.batch, args.rounds))
+        asyncio.run(measure(url, args.events, args.orgs, args.batch, args.rounds, args.holds))
