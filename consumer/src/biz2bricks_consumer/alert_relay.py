@@ -84,8 +84,11 @@ class AlertRelay:
             self._metrics.alert_relay_failures.inc()
             log.warning("consumer.alert_relay_drain_timeout", extra={"timeout_s": timeout_s})
             return False
-        except Exception as error:
-            self._failed(error, "consumer.alert_relay_failed", exc_info=True)
+        except RELAY_RETRYABLE_ERRORS as error:
+            self._failed(error, "consumer.alert_relay_failed")
+            return False
+        except Exception as error:  # a bug: surfaced with its traceback, the exit goes on
+            self._failed(error, "consumer.alert_relay_crashed", exc_info=True)
             return False
         return True
 
