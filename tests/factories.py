@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy import text
 
 from biz2bricks_consumer.batching import InboundMessage, build_batch
-from biz2bricks_consumer.pricing_cache import load_price_book
 from biz2bricks_consumer.writer import BatchWriter, WriteResult
 from biz2bricks_core import DatabaseManager, UsageEvent, UsageService, encode_event
+from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.price_rows import load_price_book
 
 
 def make_event(organization_id: uuid.UUID, **overrides: Any) -> UsageEvent:
@@ -60,7 +61,7 @@ async def provisioned_org(db: DatabaseManager, plan: str = "pro") -> uuid.UUID:
 
 async def write_events(db: DatabaseManager, events: list[UsageEvent]) -> WriteResult:
     """Commit events through the consumer's real write path (one batch)."""
-    book = await load_price_book(db)
+    book = await load_price_book(db, ModelNames())
     return await BatchWriter(db, lambda: book).write(build_batch(message_for(e) for e in events))
 
 

@@ -5,7 +5,7 @@ path reserves and releases through two PL/pgSQL functions, created here from a f
 biz2bricks_core.holds (a test checks the database runs exactly the module's bodies).
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-25 22:40:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0005"
-down_revision: str | None = "0002"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
