@@ -159,7 +159,6 @@ async def measure(
                 Batch(
                     events=c,
                     sources=[message_for(e) for e in c],
-                    ack_ids=[str(i) for i in range(len(c))],
                 )
                 for c in chunks(our_events, batch_size)
             ]

@@ -87,6 +87,28 @@ async def test_a_redelivered_event_settles_nothing_twice(db: DatabaseManager) ->
     assert await assert_counter_derivable(db, org) == 1_000
 
 
+async def test_in_a_batch_of_new_and_stored_events_only_the_new_ones_settle(
+    db: DatabaseManager,
+) -> None:
+    # Given a stored event, and two live holds
+    org = await provisioned_org(db, plan="free")
+    service = UsageService(db)
+    stored = make_event(org, input_tokens=1_000, output_tokens=0)
+    await write_events(db, [stored])
+    other = await service.reserve_tokens(org, 4_000)
+    mine = await service.reserve_tokens(org, 3_000)
+    # When one batch holds a copy of the stored event naming the other hold, and a new event
+    copy = stored.model_copy(update={"reservation_id": other.reservation_id})
+    new = make_event(org, input_tokens=2_000, output_tokens=0, reservation_id=mine.reservation_id)
+    result = await write_events(db, [copy, new])
+    # Then only the new event's hold settles
+    assert (result.inserted, result.holds_settled) == (1, 1)
+    assert await hold_states(db, org) == {other.reservation_id: "live"}
+    row = await counters(db, org)
+    assert (row["tokens_used_period"], row["tokens_reserved"]) == (3_000, 4_000)
+    assert await assert_counter_derivable(db, org) == 3_000
+
+
 async def test_an_unknown_hold_id_is_ignored_and_the_event_counts(db: DatabaseManager) -> None:
     org = await provisioned_org(db, plan="free")
     hold = await UsageService(db).reserve_tokens(org, 2_000)

@@ -10,9 +10,9 @@
    earlier transaction) are compared with what arrived: other content under the same
    event_id is a ``conflicting_duplicate`` reject, an identical redelivery stays silent.
 4. Holds and alerts (biz2bricks_core.holds, .alerts), each one statement when there is work:
-   before the insert, events carrying a ``reservation_id`` settle their live holds (only events
-   not stored yet, so redeliveries settle nothing twice); after it, thresholds of the allowance
-   that the batch's usage crossed are written to ``usage_alerts``.
+   the new events carrying a ``reservation_id`` settle their live holds (redeliveries settle
+   nothing twice), and thresholds of the allowance that the batch's usage crossed are written
+   to ``usage_alerts``.
 5. Rejects are inserted in the same transaction. The caller acks only after the commit.
 """
 
@@ -39,7 +39,7 @@ from biz2bricks_core.alerts import INSERT_ALERTS
 from biz2bricks_core.credits import credits_after_period_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.events import UsageEvent
-from biz2bricks_core.holds import SETTLE_HOLDS
+from biz2bricks_core.holds import SETTLE_HOLDS, SETTLE_HOLDS_OF_NEW_EVENTS
 from biz2bricks_core.periods import period_end_sql, period_start_sql
 from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
 
@@ -223,12 +223,12 @@ class BatchWriter:
                     events, unknown = _split_unknown(batch, known)
                     rejects.extend(unknown)
                 if events:
-                    settled = await _settle_holds(conn, events)
                     *params, unpriced_models = event_params(events, self._prices())
                     rows = await conn.fetch(INSERT_AND_COUNT, *params)
                     inserted = sum(row[0] for row in rows)
                     unpriced = sum(row[1] for row in rows)
                 if inserted:
+                    settled = await _settle_holds(conn, events, all_new=inserted == len(events))
                     alerts = len(await conn.fetch(INSERT_ALERTS, *zip(*locked, strict=True)))
                 if inserted < len(events):
                     conflicts = await _conflicts(conn, events, sources_of(batch, events))
@@ -242,13 +242,13 @@ class BatchWriter:
         )
 
 
-async def _settle_holds(conn: Any, events: Sequence[UsageEvent]) -> int:
+async def _settle_holds(conn: Any, events: Sequence[UsageEvent], *, all_new: bool) -> int:
     """End the live holds that this batch's new events settle; the number of holds ended."""
     settling = [e for e in events if e.reservation_id is not None]
     if not settling:
         return 0
     rows = await conn.fetch(
-        SETTLE_HOLDS,
+        SETTLE_HOLDS if all_new else SETTLE_HOLDS_OF_NEW_EVENTS,
         [e.event_id for e in settling],
         [e.organization_id for e in settling],
         [e.reservation_id for e in settling],

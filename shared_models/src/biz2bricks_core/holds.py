@@ -29,6 +29,7 @@ __all__ = [
     "RELEASE",
     "RESERVE",
     "SETTLE_HOLDS",
+    "SETTLE_HOLDS_OF_NEW_EVENTS",
     "TokenHold",
     "function_ddl",
     "hold_from_row",
@@ -205,13 +206,14 @@ LIVE_RESERVED: Final = (
     " AND h.expires_at > now()) END"
 )
 
-# In the consumer's batch transaction, after its usage_limits rows are locked and BEFORE the
-# events are inserted: a hold settles only for an event not stored yet (one that this batch
-# inserts), so a redelivered or republished event settles nothing twice. An id that names no
-# live hold of the event's organization is ignored; the event counts its tokens as usual.
+# In the consumer's batch transaction, after the events were inserted (their usage_limits rows
+# are locked): the batch's NEW events settle their live holds, so a redelivered or republished
+# event settles nothing twice. When every event of the batch was new (the usual case) nothing
+# needs checking; otherwise only events this transaction inserted (xmin) settle. An id that
+# names no live hold of the event's organization is ignored; the event counts as usual.
 # A settled hold is deleted (its event is the record): deleting costs the batch about half of
 # what updating the row to a 'settled' state did, measured with every event settling a hold.
-SETTLE_HOLDS: Final = """
+_SETTLE: Final = """
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[])
         AS t(event_id, organization_id, reservation_id)
@@ -220,8 +222,7 @@ settled AS (
     DELETE FROM usage_token_holds h
     USING input i
     WHERE h.id = i.reservation_id AND h.organization_id = i.organization_id
-        AND h.state = 'live'
-        AND NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.event_id = i.event_id)
+        AND h.state = 'live'{only_new}
     RETURNING h.organization_id, h.tokens
 ),
 per_org AS (
@@ -233,6 +234,12 @@ FROM per_org p
 WHERE u.organization_id = p.organization_id
 RETURNING p.holds
 """
+SETTLE_HOLDS: Final = _SETTLE.format(only_new="")
+SETTLE_HOLDS_OF_NEW_EVENTS: Final = _SETTLE.format(
+    only_new="""
+        AND EXISTS (SELECT 1 FROM usage_events e WHERE e.event_id = i.event_id
+            AND e.xmin = pg_current_xact_id()::xid)"""
+)
 
 
 @dataclass(frozen=True, slots=True)
