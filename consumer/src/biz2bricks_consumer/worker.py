@@ -183,8 +183,7 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._release_unwritten(), timeout=SHUTDOWN_RESERVE_S)
         # Alerts committed by this or a dead replica leave before the process does.
-        grace = self.retry.remaining_grace_s()
-        await self.alerts.drain(budget_s if grace is None else max(grace, 0.1))
+        await self.alerts.drain(max(deadline - time.monotonic(), 0.1))
         self.alerts.close()
         log.info("consumer.stopped", extra=self.summary())
 
