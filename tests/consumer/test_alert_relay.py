@@ -16,7 +16,7 @@ from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import Worker
 from biz2bricks_core import DatabaseManager
 from biz2bricks_core.alerts import ALERT_BODY_KEYS
-from biz2bricks_core.localservices import find_free_port
+from biz2bricks_devtools.localservices import find_free_port
 from tests.conftest import PROJECT_ID, PubSubNames
 from tests.consumer.conftest import stopped_summary
 from tests.consumer.test_worker import ready, wait_until

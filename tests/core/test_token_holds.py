@@ -13,6 +13,7 @@ from sqlalchemy import text
 from biz2bricks_core import (
     DatabaseConfig,
     DatabaseManager,
+    DatabaseUnavailableError,
     InvalidArgumentError,
     TokenHold,
     UnknownOrganizationError,
@@ -248,6 +249,8 @@ async def test_database_down_applies_the_token_check_setting() -> None:
         strict = UsageService(down, UsageServiceSettings(token_check_fail_open=False))
         closed = await strict.reserve_tokens(uuid.uuid4(), 1_000)
         assert (closed.allowed, closed.reason) == (False, "database_unavailable_fail_closed")
+        with pytest.raises(DatabaseUnavailableError):
+            await service.release_tokens(uuid.uuid4())
     finally:
         await down.dispose()
 

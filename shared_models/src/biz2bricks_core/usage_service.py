@@ -21,7 +21,6 @@ from biz2bricks_core._provisioning import provision
 from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
 from biz2bricks_core.errors import (
-    DatabaseUnavailableError,
     InvalidArgumentError,
     UnknownOrganizationError,
 )
@@ -249,14 +248,9 @@ class UsageService:
         if reservation_id is None:
             return
         hold_id = _as_uuid("reservation_id", reservation_id)
-        try:
-            async with self.db.driver() as driver:
-                await driver.fetchval(RELEASE, hold_id)
-        except DATABASE_DOWN_ERRORS as error:
-            raise DatabaseUnavailableError(
-                f"could not release token hold {hold_id}: {type(error).__name__}: {error}"
-                " (it stops counting when its ttl passes)"
-            ) from error
+        # Database down: DatabaseUnavailableError; the hold stops counting when its ttl passes.
+        async with self.db.unavailable_as_error(), self.db.driver() as driver:
+            await driver.fetchval(RELEASE, hold_id)
 
     async def reserve_storage(
         self, organization_id: uuid.UUID | str, n_bytes: int, *, actor: uuid.UUID | None = None
