@@ -19,11 +19,11 @@ __all__ = [
     "ALERT_BODY_KEYS",
     "CROSSED",
     "DEFAULT_THRESHOLDS_PCT",
-    "INSERT_ALERTS",
     "MARK_PUBLISHED",
     "PENDING_ALERTS",
     "alert_message",
     "crossed_thresholds",
+    "insert_alerts_sql",
 ]
 
 DEFAULT_THRESHOLDS_PCT: Final = (50, 80, 100)
@@ -49,29 +49,29 @@ def crossed_thresholds(
 # The same rule in SQL over columns named before_tokens, after_tokens, allowance, pct.
 CROSSED: Final = "(before_tokens * 100 < pct * allowance AND pct * allowance <= after_tokens * 100)"
 
-# After the batch's INSERT_AND_COUNT, in its transaction. $1..$3: the batch's organizations with
-# their counter and period as locked before the batch (a period that rolled starts from 0).
-INSERT_ALERTS: Final = f"""
-WITH moved AS (
-    SELECT l.organization_id, l.period_start, l.tokens_used_period AS after_tokens,
-        CASE WHEN l.period_start = b.period_start THEN b.tokens ELSE 0 END AS before_tokens,
-        l.token_limit + l.credits_tokens AS allowance, p.alert_thresholds_pct
-    FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS b(organization_id, tokens,
-        period_start)
-    JOIN usage_limits l USING (organization_id)
-    JOIN subscription_plans p ON p.name = l.plan
-    WHERE l.token_limit IS NOT NULL
-),
-crossed AS (
-    SELECT m.*, t.pct FROM moved m CROSS JOIN LATERAL unnest(m.alert_thresholds_pct) AS t(pct)
-)
-INSERT INTO usage_alerts (organization_id, period_start, metric, threshold_pct, used, allowance)
-SELECT organization_id, period_start, 'tokens', pct, after_tokens, allowance
-FROM crossed WHERE {CROSSED}
-ORDER BY organization_id, pct
-ON CONFLICT (organization_id, period_start, metric, threshold_pct) DO NOTHING
-RETURNING id
-"""
+
+def insert_alerts_sql(counters: str) -> str:
+    """An INSERT for a data-modifying CTE of the consumer's batch statement: one usage_alerts
+    row per threshold that a committed batch moved an organization's usage across.
+
+    ``counters`` is a relation with organization_id, plan, period_start (after the batch),
+    before_tokens (the period's usage before the batch; 0 when the period rolled),
+    after_tokens and allowance (NULL: unlimited, never alerts). Rows are inserted in
+    (organization, threshold) order, so replicas take the unique index's locks in one order.
+    """
+    return f"""INSERT INTO usage_alerts (organization_id, period_start, metric, threshold_pct,
+        used, allowance)
+    SELECT organization_id, period_start, 'tokens', pct, after_tokens, allowance
+    FROM (SELECT c.organization_id, c.period_start, c.before_tokens, c.after_tokens,
+            c.allowance, t.pct
+          FROM {counters} c JOIN subscription_plans p ON p.name = c.plan
+          CROSS JOIN LATERAL unnest(p.alert_thresholds_pct) AS t(pct)
+          WHERE c.allowance IS NOT NULL AND c.after_tokens > c.before_tokens) x
+    WHERE {CROSSED}
+    ORDER BY organization_id, pct
+    ON CONFLICT (organization_id, period_start, metric, threshold_pct) DO NOTHING
+    RETURNING id"""
+
 
 PENDING_ALERTS: Final = (
     "SELECT id, organization_id, period_start, metric, threshold_pct, used, allowance,"

@@ -28,11 +28,11 @@ __all__ = [
     "MAX_HOLD_TTL_S",
     "RELEASE",
     "RESERVE",
-    "SETTLE_HOLDS",
-    "SETTLE_HOLDS_OF_NEW_EVENTS",
     "TokenHold",
     "function_ddl",
     "hold_from_row",
+    "reserved_after_settle_sql",
+    "settle_holds_sql",
     "token_reason",
 ]
 
@@ -206,40 +206,34 @@ LIVE_RESERVED: Final = (
     " AND h.expires_at > now()) END"
 )
 
-# In the consumer's batch transaction, after the events were inserted (their usage_limits rows
-# are locked): the batch's NEW events settle their live holds, so a redelivered or republished
-# event settles nothing twice. When every event of the batch was new (the usual case) nothing
-# needs checking; otherwise only events this transaction inserted (xmin) settle. An id that
-# names no live hold of the event's organization is ignored; the event counts as usual.
-# A settled hold is deleted (its event is the record): deleting costs the batch about half of
-# what updating the row to a 'settled' state did, measured with every event settling a hold.
-_SETTLE: Final = """
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[])
-        AS t(event_id, organization_id, reservation_id)
-),
-settled AS (
-    DELETE FROM usage_token_holds h
-    USING input i
-    WHERE h.id = i.reservation_id AND h.organization_id = i.organization_id
-        AND h.state = 'live'{only_new}
-    RETURNING h.organization_id, h.tokens
-),
-per_org AS (
-    SELECT organization_id, sum(tokens) AS tokens, count(*) AS holds
-    FROM settled GROUP BY organization_id
-)
-UPDATE usage_limits u SET tokens_reserved = greatest(u.tokens_reserved - p.tokens, 0)
-FROM per_org p
-WHERE u.organization_id = p.organization_id
-RETURNING p.holds
-"""
-SETTLE_HOLDS: Final = _SETTLE.format(only_new="")
-SETTLE_HOLDS_OF_NEW_EVENTS: Final = _SETTLE.format(
-    only_new="""
-        AND EXISTS (SELECT 1 FROM usage_events e WHERE e.event_id = i.event_id
-            AND e.xmin = pg_current_xact_id()::xid)"""
-)
+
+# In the consumer's batch statement (biz2bricks_consumer.writer.INSERT_AND_COUNT), whose
+# usage_limits rows are locked: the holds named by the batch's NEW events end. The statement
+# passes only the events it inserted itself, so a redelivered or republished event, which
+# inserts nothing, settles nothing twice. An id that names no live hold of the event's
+# organization is ignored; the event counts as usual. A settled hold is deleted (its event is
+# the record): deleting costs the batch about half of what updating the row to a 'settled'
+# state did, measured with every event settling a hold.
+def settle_holds_sql(hold_ids: str, new_events: str) -> str:
+    """A DELETE for a data-modifying CTE: ends the live holds that ``new_events`` (a relation
+    with organization_id and reservation_id) name, RETURNING organization_id and tokens.
+
+    ``hold_ids`` is an array of every reservation_id the batch carries: the holds are found
+    through the primary key (``= ANY``), so the cost follows the batch, not the number of
+    live holds. The caller subtracts the returned tokens from ``tokens_reserved`` in the same
+    statement (``reserved_after_settle_sql``), keeping the invariant of this module.
+    """
+    return (
+        f"DELETE FROM usage_token_holds h USING {new_events} n"
+        f" WHERE h.id = ANY({hold_ids}) AND h.id = n.reservation_id"
+        " AND h.organization_id = n.organization_id AND h.state = 'live'"
+        " RETURNING h.organization_id, h.tokens"
+    )
+
+
+def reserved_after_settle_sql(reserved: str, settled: str) -> str:
+    """``tokens_reserved`` after holds of ``settled`` tokens (NULL: none) were settled."""
+    return f"greatest({reserved} - coalesce({settled}, 0), 0)"
 
 
 @dataclass(frozen=True, slots=True)
