@@ -1,7 +1,7 @@
 """The write path: one transaction per batch, set-based SQL, counters updated once per org.
 
 1. Lock the batch's usage_limits rows in organization-id order (replicas cannot deadlock) and
-   learn which organizations exist; events of unknown ones become rejects.
+   learn whether every organization exists; events of unknown ones become rejects.
 2. One statement inserts the events (ON CONFLICT (event_id) DO NOTHING) and, from the rows it
    actually inserted, adds tokens and cost to each organization's current period, rolling the
    period forward when an event is past ``period_end``; in the same statement the new events
@@ -43,13 +43,27 @@ from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
 
 # Statements run on the asyncpg connection under a pooled SQLAlchemy one: SQLAlchemy's
 # execute and result layers cost ~1 ms per batch here, a fifth of the batch's write time.
+# Locks in organization-id order (the server sorts; replicas cannot deadlock) and answers
+# whether every organization of the batch is provisioned; only when one is not does the
+# writer ask which (KNOWN_ORGS).
 LOCK_ORGS = (
-    "SELECT organization_id FROM usage_limits"
-    " WHERE organization_id = ANY($1::uuid[])"
-    " ORDER BY organization_id FOR UPDATE"
+    "SELECT count(*) = (SELECT count(DISTINCT o) FROM unnest($1::uuid[]) AS o)"
+    " FROM (SELECT FROM usage_limits WHERE organization_id = ANY($1::uuid[])"
+    " ORDER BY organization_id FOR UPDATE) AS locked"
 )
+KNOWN_ORGS = "SELECT organization_id FROM usage_limits WHERE organization_id = ANY($1::uuid[])"
 
-PERIOD_END = period_end_sql("t.new_start", "t.period_unit")
+PERIOD_END = period_end_sql("o.new_start", "o.period_unit")
+NEW_START = period_start_sql("max(i.occurred_at)", "l.period_unit")
+CREDITS_AT_ROLL = credits_after_period_sql(
+    "u.credits_tokens", "u.tokens_used_period", "u.token_limit"
+)
+RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "h.tokens")
+SETTLE = settle_holds_sql(
+    "$4::uuid[]",
+    "(SELECT i.organization_id, i.reservation_id FROM input i JOIN inserted USING (event_id)"
+    " WHERE i.reservation_id IS NOT NULL)",
+)
 INSERT_AND_COUNT = f"""
 WITH input AS (
     -- Events arrive as one JSON array (serialised from the validated models) plus the
@@ -78,75 +92,69 @@ inserted AS (
         {cost_sql("i", "p")},
         p.id, CASE WHEN p.id IS NULL THEN coalesce(i.unpriced_reason, '{NO_PRICE_ROW}') END,
         i.operation, i.request_id, i.metadata
-    FROM input i LEFT JOIN model_pricing p ON p.id = i.pricing_id
+    -- $5: the batch's distinct price rows, so only those are read (by primary key).
+    FROM input i LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($5::integer[])) p
+        ON p.id = i.pricing_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, organization_id, occurred_at, input_tokens + output_tokens AS tokens,
         cost_usd
 ),
 settled AS (
     -- Only events this statement inserted settle: a redelivery settles nothing twice.
-    {
-    settle_holds_sql(
-        "$4::uuid[]",
-        "(SELECT i.organization_id, i.reservation_id FROM input i JOIN inserted USING (event_id)"
-        " WHERE i.reservation_id IS NOT NULL)",
-    )
-}
+    {SETTLE}
 ),
 settled_per_org AS (
     SELECT organization_id, sum(tokens) AS tokens, count(*) AS holds
     FROM settled GROUP BY organization_id
 ),
 target AS (
-    -- The period each organization's counters belong to after this batch, and its usage
-    -- before the batch (the rows were locked by LOCK_ORGS, so this snapshot is current).
-    SELECT l.organization_id, count(*) AS inserted,
-        CASE WHEN max(i.occurred_at) >= l.period_end
-            THEN {period_start_sql("max(i.occurred_at)", "l.period_unit")}
-            ELSE l.period_start END AS new_start,
-        l.period_unit, l.period_start AS old_start, l.tokens_used_period AS old_tokens
-    FROM usage_limits l JOIN inserted i USING (organization_id)
-    GROUP BY l.organization_id
-),
-counted AS (
-    -- Late events of an earlier period are stored but not counted in the current one.
-    SELECT t.organization_id, t.new_start, t.inserted, {PERIOD_END} AS new_end,
-        CASE WHEN t.new_start = t.old_start THEN t.old_tokens ELSE 0 END AS before_tokens,
-        i.tokens, i.cost_usd,
-        i.occurred_at >= t.new_start AND i.occurred_at < {PERIOD_END} AS in_period
-    FROM target t JOIN inserted i USING (organization_id)
+    -- Per organization: the period its counters belong to after this batch and that
+    -- period's usage before the batch (the rows were locked by LOCK_ORGS, so this snapshot
+    -- is current).
+    SELECT o.*, {PERIOD_END} AS new_end,
+        CASE WHEN o.new_start = o.old_start THEN o.old_tokens ELSE 0 END AS before_tokens
+    FROM (
+        SELECT l.organization_id, count(*) AS inserted,
+            CASE WHEN max(i.occurred_at) >= l.period_end
+                THEN {NEW_START} ELSE l.period_start END AS new_start,
+            l.period_unit, l.period_start AS old_start, l.tokens_used_period AS old_tokens
+        FROM usage_limits l JOIN inserted i USING (organization_id)
+        GROUP BY l.organization_id
+    ) o
 ),
 sums AS (
-    SELECT organization_id, new_start, new_end, inserted, before_tokens,
-        coalesce(sum(tokens) FILTER (WHERE in_period), 0) AS tokens,
-        coalesce(sum(cost_usd) FILTER (WHERE in_period), 0) AS cost,
-        count(*) FILTER (WHERE in_period AND cost_usd IS NULL) AS unpriced
-    FROM counted
-    GROUP BY organization_id, new_start, new_end, inserted, before_tokens
+    -- Late events of an earlier period are stored but not counted in the current one.
+    SELECT t.organization_id,
+        coalesce(sum(i.tokens) FILTER (WHERE i.occurred_at >= t.new_start
+            AND i.occurred_at < t.new_end), 0) AS tokens,
+        coalesce(sum(i.cost_usd) FILTER (WHERE i.occurred_at >= t.new_start
+            AND i.occurred_at < t.new_end), 0) AS cost,
+        count(*) FILTER (WHERE i.occurred_at >= t.new_start AND i.occurred_at < t.new_end
+            AND i.cost_usd IS NULL) AS unpriced
+    FROM target t JOIN inserted i USING (organization_id)
+    GROUP BY t.organization_id
 ),
 updated AS (
     UPDATE usage_limits u SET
         -- Credits pay for what the finished period used beyond the plan, once, at the roll.
-        credits_tokens = CASE WHEN s.new_start = u.period_start THEN u.credits_tokens
-            ELSE {
-    credits_after_period_sql("u.credits_tokens", "u.tokens_used_period", "u.token_limit")
-}
-            END,
-        tokens_used_period = CASE WHEN s.new_start = u.period_start
+        credits_tokens = CASE WHEN t.new_start = u.period_start THEN u.credits_tokens
+            ELSE {CREDITS_AT_ROLL} END,
+        tokens_used_period = CASE WHEN t.new_start = u.period_start
             THEN u.tokens_used_period ELSE 0 END + s.tokens,
-        cost_usd_period = CASE WHEN s.new_start = u.period_start
+        cost_usd_period = CASE WHEN t.new_start = u.period_start
             THEN u.cost_usd_period ELSE 0 END + s.cost,
-        unpriced_events_period = CASE WHEN s.new_start = u.period_start
+        unpriced_events_period = CASE WHEN t.new_start = u.period_start
             THEN u.unpriced_events_period ELSE 0 END + s.unpriced,
-        tokens_reserved = {reserved_after_settle_sql("u.tokens_reserved", "h.tokens")},
-        period_start = s.new_start,
-        period_end = s.new_end,
+        tokens_reserved = {RESERVED_AFTER_SETTLE},
+        period_start = t.new_start,
+        period_end = t.new_end,
         counters_updated_at = now()
-    FROM sums s LEFT JOIN settled_per_org h USING (organization_id)
-    WHERE u.organization_id = s.organization_id
-    RETURNING u.organization_id, u.plan, u.period_start, s.before_tokens,
+    FROM target t JOIN sums s USING (organization_id)
+        LEFT JOIN settled_per_org h USING (organization_id)
+    WHERE u.organization_id = t.organization_id
+    RETURNING u.organization_id, u.plan, u.period_start, t.before_tokens,
         u.tokens_used_period AS after_tokens, u.token_limit + u.credits_tokens AS allowance,
-        s.inserted, s.unpriced, coalesce(h.holds, 0) AS holds
+        t.inserted, s.unpriced, coalesce(h.holds, 0) AS holds
 ),
 alerted AS (
     {insert_alerts_sql("updated")}
@@ -201,10 +209,10 @@ class WriteResult:
 
 def event_params(
     events: Sequence[UsageEvent], prices: PriceBook
-) -> tuple[str, list[int | None], list[str | None], list[uuid.UUID], list[Unpriced]]:
+) -> tuple[str, list[int | None], list[str | None], list[uuid.UUID], list[int], list[Unpriced]]:
     """Parameters of INSERT_AND_COUNT (the events as JSON, the price row id of each or why
-    it has none, the hold ids the events carry), and the unpriced (provider, model, reason)
-    of the batch.
+    it has none, the hold ids the events carry, the distinct price rows), and the unpriced
+    (provider, model, reason) of the batch.
 
     The row in force and its tier are chosen here; the cost itself is computed in SQL from
     that row, so no Decimal crosses the wire.
@@ -222,7 +230,8 @@ def event_params(
         if e.reservation_id is not None:
             holds.append(e.reservation_id)
     as_json = _EVENTS_JSON.dump_json(list(events), exclude_none=True).decode()
-    return as_json, ids, reasons, holds, unpriced
+    rows = list({i for i in ids if i is not None})
+    return as_json, ids, reasons, holds, rows, unpriced
 
 
 def reject_columns(rejects: Sequence[Reject]) -> tuple[list[Any], ...]:
@@ -258,10 +267,9 @@ class BatchWriter:
             # events/s). Planning a batch's statement costs ~1 ms of its ~70.
             await conn.execute(CUSTOM_PLANS)
             if events:
-                orgs = sorted({e.organization_id for e in events})
-                locked = await conn.fetch(LOCK_ORGS, orgs)
-                known = {row[0] for row in locked}
-                if len(known) < len(orgs):
+                orgs = [e.organization_id for e in events]
+                if not await conn.fetchval(LOCK_ORGS, orgs):
+                    known = {row[0] for row in await conn.fetch(KNOWN_ORGS, orgs)}
                     events, unknown = _split_unknown(batch, known)
                     rejects.extend(unknown)
                 if events:
