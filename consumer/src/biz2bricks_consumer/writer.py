@@ -1,13 +1,14 @@
 """The write path: one transaction per batch, set-based SQL, counters updated once per org.
 
-1. Lock the batch's usage_limits rows in organization-id order (replicas cannot deadlock) and
-   learn whether every organization exists; events of unknown ones become rejects.
-2. One statement inserts the events (ON CONFLICT (event_id) DO NOTHING) and, from the rows it
-   actually inserted, adds tokens and cost to each organization's current period, rolling the
-   period forward when an event is past ``period_end``; in the same statement the new events
-   carrying a ``reservation_id`` settle their live holds (biz2bricks_core.holds) and the
-   thresholds of the allowance that the batch's usage crossed are written to ``usage_alerts``
-   (biz2bricks_core.alerts). Redelivered events insert nothing and so change nothing.
+1. One statement locks the batch's usage_limits rows in organization-id order (replicas
+   cannot deadlock), inserts the events of the organizations it locked (ON CONFLICT
+   (event_id) DO NOTHING) and, from the rows it actually inserted, adds tokens and cost to
+   each organization's current period, rolling the period forward when an event is past
+   ``period_end``. In the same statement the new events carrying a ``reservation_id``
+   settle their live holds (biz2bricks_core.holds) and the thresholds of the allowance that
+   the batch's usage crossed are written to ``usage_alerts`` (biz2bricks_core.alerts).
+   Redelivered events insert nothing and so change nothing.
+2. Events of organizations that are not provisioned become ``unknown_organization`` rejects.
 3. When fewer rows were inserted than sent, the event_ids that were already stored (by an
    earlier transaction) are compared with what arrived: other content under the same
    event_id is a ``conflicting_duplicate`` reject, an identical redelivery stays silent.
@@ -43,16 +44,6 @@ from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
 
 # Statements run on the asyncpg connection under a pooled SQLAlchemy one: SQLAlchemy's
 # execute and result layers cost ~1 ms per batch here, a fifth of the batch's write time.
-# Locks in organization-id order (the server sorts; replicas cannot deadlock) and answers
-# whether every organization of the batch is provisioned; only when one is not does the
-# writer ask which (KNOWN_ORGS).
-LOCK_ORGS = (
-    "SELECT count(*) = (SELECT count(DISTINCT o) FROM unnest($1::uuid[]) AS o)"
-    " FROM (SELECT FROM usage_limits WHERE organization_id = ANY($1::uuid[])"
-    " ORDER BY organization_id FOR UPDATE) AS locked"
-)
-KNOWN_ORGS = "SELECT organization_id FROM usage_limits WHERE organization_id = ANY($1::uuid[])"
-
 PERIOD_END = period_end_sql("o.new_start", "o.period_unit")
 NEW_START = period_start_sql("max(i.occurred_at)", "l.period_unit")
 CREDITS_AT_ROLL = credits_after_period_sql(
@@ -80,7 +71,19 @@ WITH input AS (
            output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens,
            operation, request_id, metadata, reservation_id, pricing_id, unpriced_reason)
 ),
+locked AS MATERIALIZED (
+    -- The batch's counter rows, locked in organization-id order so that replicas writing
+    -- batches of the same organizations cannot deadlock. FOR UPDATE returns the newest
+    -- committed version of each row: everything below reads the counters from here.
+    SELECT l.organization_id, l.period_start, l.period_end, l.period_unit,
+        l.tokens_used_period
+    FROM usage_limits l
+    WHERE l.organization_id IN (SELECT organization_id FROM input)
+    ORDER BY l.organization_id
+    FOR UPDATE
+),
 inserted AS (
+    -- Only events of provisioned (locked) organizations; the others become rejects.
     INSERT INTO usage_events (event_id, organization_id, user_id, occurred_at, provider, model,
         input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
         cache_write_1h_tokens, cost_usd, pricing_id, unpriced_reason, operation, request_id,
@@ -93,7 +96,8 @@ inserted AS (
         p.id, CASE WHEN p.id IS NULL THEN coalesce(i.unpriced_reason, '{NO_PRICE_ROW}') END,
         i.operation, i.request_id, i.metadata
     -- $5: the batch's distinct price rows, so only those are read (by primary key).
-    FROM input i LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($5::integer[])) p
+    FROM input i JOIN locked USING (organization_id)
+        LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($5::integer[])) p
         ON p.id = i.pricing_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, organization_id, occurred_at, input_tokens + output_tokens AS tokens,
@@ -109,8 +113,7 @@ settled_per_org AS (
 ),
 target AS (
     -- Per organization: the period its counters belong to after this batch and that
-    -- period's usage before the batch (the rows were locked by LOCK_ORGS, so this snapshot
-    -- is current).
+    -- period's usage before the batch.
     SELECT o.*, {PERIOD_END} AS new_end,
         CASE WHEN o.new_start = o.old_start THEN o.old_tokens ELSE 0 END AS before_tokens
     FROM (
@@ -118,8 +121,9 @@ target AS (
             CASE WHEN max(i.occurred_at) >= l.period_end
                 THEN {NEW_START} ELSE l.period_start END AS new_start,
             l.period_unit, l.period_start AS old_start, l.tokens_used_period AS old_tokens
-        FROM usage_limits l JOIN inserted i USING (organization_id)
-        GROUP BY l.organization_id
+        FROM locked l JOIN inserted i USING (organization_id)
+        GROUP BY l.organization_id, l.period_start, l.period_end, l.period_unit,
+            l.tokens_used_period
     ) o
 ),
 sums AS (
@@ -162,7 +166,9 @@ alerted AS (
 SELECT coalesce(sum(inserted), 0)::bigint AS inserted,
     coalesce(sum(unpriced), 0)::bigint AS unpriced,
     coalesce(sum(holds), 0)::bigint AS settled,
-    (SELECT count(*) FROM alerted) AS alerts
+    (SELECT count(*) FROM alerted) AS alerts,
+    (SELECT array_agg(DISTINCT organization_id) FROM input
+        WHERE organization_id NOT IN (SELECT organization_id FROM locked)) AS unknown_orgs
 FROM updated
 """
 
@@ -267,15 +273,14 @@ class BatchWriter:
             # events/s). Planning a batch's statement costs ~1 ms of its ~70.
             await conn.execute(CUSTOM_PLANS)
             if events:
-                orgs = [e.organization_id for e in events]
-                if not await conn.fetchval(LOCK_ORGS, orgs):
-                    known = {row[0] for row in await conn.fetch(KNOWN_ORGS, orgs)}
-                    events, unknown = _split_unknown(batch, known)
+                prices = self._prices()
+                *params, unpriced_models = event_params(events, prices)
+                row = await conn.fetchrow(INSERT_AND_COUNT, *params)
+                inserted, unpriced, settled, alerts, unknown_orgs = row
+                if unknown_orgs:
+                    events, unknown = _split_unknown(batch, set(unknown_orgs))
                     rejects.extend(unknown)
-                if events:
-                    *params, unpriced_models = event_params(events, self._prices())
-                    row = await conn.fetchrow(INSERT_AND_COUNT, *params)
-                    inserted, unpriced, settled, alerts = row
+                    unpriced_models = event_params(events, prices)[-1]
                 if inserted < len(events):
                     conflicts = await _conflicts(conn, events, sources_of(batch, events))
                     rejects.extend(conflicts)
@@ -315,11 +320,13 @@ async def _conflicts(
     return rejects
 
 
-def _split_unknown(batch: Batch, known: set[uuid.UUID]) -> tuple[list[UsageEvent], list[Reject]]:
+def _split_unknown(
+    batch: Batch, unknown_orgs: set[uuid.UUID]
+) -> tuple[list[UsageEvent], list[Reject]]:
     keep: list[UsageEvent] = []
     unknown: list[Reject] = []
     for event, message in zip(batch.events, batch.sources, strict=True):
-        if event.organization_id in known:
+        if event.organization_id not in unknown_orgs:
             keep.append(event)
         else:
             reason = f"organization_id: {event.organization_id} is not a provisioned organization"

@@ -64,8 +64,9 @@ def insert_alerts_sql(counters: str) -> str:
     SELECT organization_id, period_start, 'tokens', pct, after_tokens, allowance
     FROM (SELECT c.organization_id, c.period_start, c.before_tokens, c.after_tokens,
             c.allowance, t.pct
-          FROM {counters} c JOIN subscription_plans p ON p.name = c.plan
-          CROSS JOIN LATERAL unnest(p.alert_thresholds_pct) AS t(pct)
+          FROM {counters} c
+          JOIN (SELECT name, unnest(alert_thresholds_pct) AS pct FROM subscription_plans) t
+            ON t.name = c.plan
           WHERE c.allowance IS NOT NULL AND c.after_tokens > c.before_tokens) x
     WHERE {CROSSED}
     ORDER BY organization_id, pct
