@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from biz2bricks_consumer.batching import build_batch
-from biz2bricks_consumer.writer import BatchWriter
-from biz2bricks_core import DatabaseManager, encode_event
+from biz2bricks_consumer.writer import INPUT_COLUMNS, INSERT_AND_COUNT, BatchWriter, event_params
+from biz2bricks_core import DatabaseManager, UsageEvent, encode_event
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.periods import period_bounds
 from biz2bricks_core.price_rows import load_price_book
@@ -373,3 +373,120 @@ async def test_an_event_before_year_one_in_utc_is_rejected_and_its_redelivery_do
     assert result.inserted == 1
     assert [r.reason_code for r in result.rejected] == ["occurred_at"]
     assert await event_count(db, org) == 1
+
+
+# the statement's input
+
+
+def test_the_batch_statement_reads_every_field_of_the_event() -> None:
+    # A field added to UsageEvent must reach the statement too (or be left out on purpose)
+    read = [name for name, _ in INPUT_COLUMNS]
+    assert read[: len(UsageEvent.model_fields)] == list(UsageEvent.model_fields)
+    assert read[len(UsageEvent.model_fields) :] == ["pricing_id", "unpriced_reason"]
+
+
+async def test_metadata_and_optional_text_arrive_as_sent(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given events with and without metadata, operation and request_id
+    org = await provisioned_org(db)
+    full = make_event(
+        org,
+        operation="summarize",
+        request_id="req_1",
+        metadata={"feature": "chat", "n": 1.5, "nested": {"ok": True}, "none": None},
+    )
+    bare = make_event(org)
+    await writer.write(build_batch(message_for(e) for e in [full, bare]))
+    # Then an absent value is SQL NULL (not JSON null) and the others are stored as sent
+    async with db.engine.connect() as conn:
+        rows = {
+            r.event_id: r
+            for r in await conn.execute(
+                text(
+                    "SELECT event_id, operation, request_id, metadata, metadata IS NULL AS no_md"
+                    " FROM usage_events WHERE organization_id = :o"
+                ),
+                {"o": org},
+            )
+        }
+    assert (rows[full.event_id].operation, rows[full.event_id].request_id) == ("summarize", "req_1")
+    assert rows[full.event_id].metadata == full.metadata
+    assert (rows[bare.event_id].operation, rows[bare.event_id].request_id) == (None, None)
+    assert rows[bare.event_id].no_md is True
+
+
+# plan shape
+
+
+def _loops_over_scans(plan: dict[str, Any]) -> list[str]:
+    """Nested loops whose inner side rescans a relation in full (a CTE, a materialized or
+    sequentially scanned one) rather than probing an index: each costs rows x rows."""
+    found = []
+    children = plan.get("Plans", [])
+    if plan["Node Type"] == "Nested Loop":
+        inner = next(c for c in children if c.get("Parent Relationship") == "Inner")
+        if inner["Node Type"] in ("CTE Scan", "Materialize", "Seq Scan", "Function Scan"):
+            found.append(f"Nested Loop over {inner['Node Type']} (estimated {plan['Plan Rows']})")
+    for child in children:
+        found.extend(_loops_over_scans(child))
+    return found
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_a_full_batch_settling_holds_is_never_joined_by_rescans(
+    db: DatabaseManager, plan_cache_mode: str
+) -> None:
+    # Given 1,000 organizations with 25 live holds each, and a batch of 1,000 events, one per
+    # organization, each settling a hold: the bench's shape that, planned as 100 rows, was
+    # joined by nested loops at 0.4 s a batch
+    orgs = sorted(uuid.uuid4() for _ in range(1000))
+    holds = [(uuid.uuid4(), org) for org in orgs for _ in range(25)]
+    events = [make_event(org, reservation_id=hold) for hold, org in holds[::25]]
+    book = await load_price_book(db, ModelNames())
+    *params, _ = event_params(events, book)
+    async with db.driver() as conn:
+        rolled_back = conn.transaction()  # nothing of this test stays in the shared database
+        await rolled_back.start()
+        try:
+            await conn.execute(
+                "INSERT INTO organizations (id, name)"
+                " SELECT o, 'plan test' FROM unnest($1::uuid[]) o",
+                orgs,
+            )
+            await conn.execute(
+                "INSERT INTO usage_limits (organization_id, plan, token_limit, period_start,"
+                " period_end) SELECT o, 'pro', 10000000, date_trunc('month', now()),"
+                " date_trunc('month', now()) + interval '1 month' FROM unnest($1::uuid[]) o",
+                orgs,
+            )
+            await conn.execute(
+                "INSERT INTO usage_token_holds (id, organization_id, tokens, expires_at)"
+                " SELECT i, o, 2000, now() + interval '1 hour'"
+                " FROM unnest($1::uuid[], $2::uuid[]) AS t(i, o)",
+                *zip(*holds, strict=True),
+            )
+            # When the batch statement is planned for this batch, and as a generic plan
+            plan = await explain_batch(conn, plan_cache_mode, params)
+        finally:
+            await rolled_back.rollback()
+    # Then every join of the batch's rows hashes, merges or probes an index
+    assert _loops_over_scans(plan) == []
+
+
+async def explain_batch(conn: Any, plan_cache_mode: str, params: list[Any]) -> dict[str, Any]:
+    """The plan of INSERT_AND_COUNT for ``params``, planned under ``plan_cache_mode``."""
+    await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+    await conn.execute(f"PREPARE batch_plan AS {INSERT_AND_COUNT}")
+    try:
+        literals = await conn.fetchrow(
+            "SELECT quote_literal($1::text), quote_literal($2::uuid[]), quote_literal($3::int[])",
+            *params,
+        )
+        plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) EXECUTE batch_plan({', '.join(literals)})"
+        )
+    finally:
+        await conn.execute("DEALLOCATE batch_plan")
+    # (pooled connections decode json: SQLAlchemy's asyncpg dialect sets them up so)
+    return plan[0]["Plan"]  # type: ignore[no-any-return]

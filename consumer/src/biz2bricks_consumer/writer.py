@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -55,25 +56,59 @@ CREDITS_AT_ROLL = credits_after_period_sql(
 )
 RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "h.tokens")
 SETTLE = settle_holds_sql(
-    "$4::uuid[]",
+    "$2::uuid[]",
     "(SELECT i.organization_id, i.reservation_id FROM input i JOIN inserted USING (event_id)"
     " WHERE i.reservation_id IS NOT NULL)",
 )
+
+# Each event reaches the statement as one JSON array of these columns, in this order, with
+# the price row resolved for it (or why none applies): event_rows writes them, INPUT reads
+# them by position. Measured on 1,000 events, positions in jsonb cost the server a third of
+# what json_to_recordset's named fields did (5 against 12 ms with the transfer), and one
+# parameter replaces three typed arrays.
+INPUT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "uuid"),
+    ("organization_id", "uuid"),
+    ("user_id", "uuid"),
+    ("occurred_at", "timestamptz"),
+    ("provider", "text"),
+    ("model", "text"),
+    ("input_tokens", "bigint"),
+    ("output_tokens", "bigint"),
+    ("cache_read_tokens", "bigint"),
+    ("cache_write_tokens", "bigint"),
+    ("cache_write_1h_tokens", "bigint"),
+    ("operation", "text"),
+    ("request_id", "text"),
+    ("metadata", "jsonb"),
+    ("reservation_id", "uuid"),
+    ("pricing_id", "integer"),
+    ("unpriced_reason", "text"),
+)
+_EVENT_FIELDS = tuple(name for name, _ in INPUT_COLUMNS[:-2])
+
+
+def _input_column(position: int, name: str, sql_type: str) -> str:
+    if sql_type == "text":
+        return f"e->>{position} AS {name}"
+    if sql_type == "jsonb":  # a JSON null is SQL NULL, as an absent metadata is
+        return f"nullif(e->{position}, 'null'::jsonb) AS {name}"
+    return f"(e->>{position})::{sql_type} AS {name}"
+
+
+INPUT = ",\n        ".join(
+    _input_column(position, name, sql_type)
+    for position, (name, sql_type) in enumerate(INPUT_COLUMNS)
+)
 INSERT_AND_COUNT = f"""
 WITH input AS (
-    -- Events arrive as one JSON array (serialised from the validated models) plus the
-    -- resolved price row of each, or why none applies: parsing JSON server-side is cheaper
-    -- than 15 typed arrays.
-    SELECT * FROM ROWS FROM (
-        json_to_recordset($1::json) AS (
-            event_id uuid, organization_id uuid, user_id uuid, occurred_at timestamptz,
-            provider text, model text, input_tokens bigint, output_tokens bigint,
-            cache_read_tokens bigint, cache_write_tokens bigint, cache_write_1h_tokens bigint,
-            operation text, request_id text, metadata jsonb, reservation_id uuid),
-        unnest($2::integer[], $3::text[])
-    ) AS t(event_id, organization_id, user_id, occurred_at, provider, model, input_tokens,
-           output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens,
-           operation, request_id, metadata, reservation_id, pricing_id, unpriced_reason)
+    -- One row per position of the batch's array. Counting the positions, rather than
+    -- unnesting the array, tells the planner how many events there are (the exact number in
+    -- a plan for one batch, 1,000 in a generic one); told 100, it joined a thousand settled
+    -- holds by nested loops, 0.4 s a batch.
+    SELECT {INPUT}
+    FROM ROWS FROM (jsonb_array_elements($1::jsonb),
+        generate_series(1, jsonb_array_length($1::jsonb))) AS batch(e, position)
 ),
 locked AS MATERIALIZED (
     -- The batch's counter rows, locked in organization-id order so that replicas writing
@@ -99,9 +134,9 @@ inserted AS (
         {cost_sql("i", "p")},
         p.id, CASE WHEN p.id IS NULL THEN coalesce(i.unpriced_reason, '{NO_PRICE_ROW}') END,
         i.operation, i.request_id, i.metadata
-    -- $5: the batch's distinct price rows, so only those are read (by primary key).
+    -- $3: the batch's distinct price rows, so only those are read (by primary key).
     FROM input i JOIN locked USING (organization_id)
-        LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($5::integer[])) p
+        LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($3::integer[])) p
         ON p.id = i.pricing_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, organization_id, occurred_at, input_tokens + output_tokens AS tokens,
@@ -193,7 +228,9 @@ INSERT_REJECTS = (
 
 
 Unpriced = tuple[str, str, str]
-_EVENTS_JSON: TypeAdapter[list[UsageEvent]] = TypeAdapter(list[UsageEvent])
+_event_values = attrgetter(*_EVENT_FIELDS)
+# Serialized as the event model serializes its fields (UUIDs and times as ISO text).
+_ROWS_JSON: TypeAdapter[list[tuple[Any, ...]]] = TypeAdapter(list[tuple[Any, ...]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,29 +254,30 @@ class WriteResult:
 
 def event_params(
     events: Sequence[UsageEvent], prices: PriceBook
-) -> tuple[str, list[int | None], list[str | None], list[uuid.UUID], list[int], list[Unpriced]]:
-    """Parameters of INSERT_AND_COUNT (the events as JSON, the price row id of each or why
-    it has none, the hold ids the events carry, the distinct price rows), and the unpriced
-    (provider, model, reason) of the batch.
+) -> tuple[str, list[uuid.UUID], list[int], list[Unpriced]]:
+    """Parameters of INSERT_AND_COUNT (the events as a JSON array of INPUT_COLUMNS rows, the
+    hold ids the events carry, the distinct price rows), and the unpriced (provider, model,
+    reason) of the batch.
 
     The row in force and its tier are chosen here; the cost itself is computed in SQL from
     that row, so no Decimal crosses the wire.
     """
-    ids: list[int | None] = []
-    reasons: list[str | None] = []
+    rows: list[tuple[Any, ...]] = []
     holds: list[uuid.UUID] = []
+    price_rows: set[int] = set()
     unpriced: list[Unpriced] = []
     for e in events:
         found = prices.lookup(e.provider, e.model, e.occurred_at, e.input_tokens)
-        ids.append(None if found.price is None else found.price.id)
-        reasons.append(found.reason)
         if found.price is None:
+            rows.append((*_event_values(e), None, found.reason))
             unpriced.append((e.provider, e.model, found.reason or NO_PRICE_ROW))
+        else:
+            rows.append((*_event_values(e), found.price.id, None))
+            if found.price.id is not None:
+                price_rows.add(found.price.id)
         if e.reservation_id is not None:
             holds.append(e.reservation_id)
-    as_json = _EVENTS_JSON.dump_json(list(events), exclude_none=True).decode()
-    rows = list({i for i in ids if i is not None})
-    return as_json, ids, reasons, holds, rows, unpriced
+    return _ROWS_JSON.dump_json(rows).decode(), holds, list(price_rows), unpriced
 
 
 def reject_columns(rejects: Sequence[Reject]) -> tuple[list[Any], ...]:

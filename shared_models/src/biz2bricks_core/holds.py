@@ -223,13 +223,15 @@ def settle_holds_sql(hold_ids: str, new_events: str) -> str:
     live holds. The caller subtracts the returned tokens from ``tokens_reserved`` in the same
     statement (``reserved_after_settle_sql``), keeping the invariant of this module.
     """
-    # ``(h.state || '')`` keeps the partial index of live holds out of the plan: without
-    # fresh statistics the planner chose it and read every live (and not yet vacuumed) hold
-    # of the table per batch; the primary key finds exactly the batch's holds.
+    # The state test is written as "neither ended state" (the check constraint allows three):
+    # the planner estimates it keeps nearly every row, so a batch of a thousand holds is not
+    # mistaken for one and joined by nested loops (measured: 0.5 s a batch), and the partial
+    # index of live holds, which it would otherwise pick, stays out of the plan.
     return (
         f"DELETE FROM usage_token_holds h USING {new_events} n"
         f" WHERE h.id = ANY({hold_ids}) AND h.id = n.reservation_id"
-        " AND h.organization_id = n.organization_id AND (h.state || '') = 'live'"
+        " AND h.organization_id = n.organization_id"
+        " AND h.state <> 'released' AND h.state <> 'expired'"
         " RETURNING h.organization_id, h.tokens"
     )
 
