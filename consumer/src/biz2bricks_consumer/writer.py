@@ -54,7 +54,7 @@ NEW_START = period_start_sql("max(i.occurred_at)", "l.period_unit")
 CREDITS_AT_ROLL = credits_after_period_sql(
     "u.credits_tokens", "u.tokens_used_period", "u.token_limit"
 )
-RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "h.tokens")
+RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "s.held_tokens")
 SETTLE = settle_holds_sql(
     "$2::uuid[]",
     "(SELECT i.organization_id, i.reservation_id FROM input i JOIN inserted USING (event_id)"
@@ -146,10 +146,6 @@ settled AS (
     -- Only events this statement inserted settle: a redelivery settles nothing twice.
     {SETTLE}
 ),
-settled_per_org AS (
-    SELECT organization_id, sum(tokens) AS tokens, count(*) AS holds
-    FROM settled GROUP BY organization_id
-),
 target AS (
     -- Per organization: the period its counters belong to after this batch and that
     -- period's usage before the batch.
@@ -166,15 +162,22 @@ target AS (
     ) o
 ),
 sums AS (
-    -- Late events of an earlier period are stored but not counted in the current one.
+    -- Per organization, in one pass over its new events and the holds they settled. Late
+    -- events of an earlier period are stored but not counted in the current one.
     SELECT t.organization_id,
-        coalesce(sum(i.tokens) FILTER (WHERE i.occurred_at >= t.new_start
+        coalesce(sum(i.tokens) FILTER (WHERE NOT i.held AND i.occurred_at >= t.new_start
             AND i.occurred_at < t.new_end), 0) AS tokens,
-        coalesce(sum(i.cost_usd) FILTER (WHERE i.occurred_at >= t.new_start
+        coalesce(sum(i.cost_usd) FILTER (WHERE NOT i.held AND i.occurred_at >= t.new_start
             AND i.occurred_at < t.new_end), 0) AS cost,
-        count(*) FILTER (WHERE i.occurred_at >= t.new_start AND i.occurred_at < t.new_end
-            AND i.cost_usd IS NULL) AS unpriced
-    FROM target t JOIN inserted i USING (organization_id)
+        count(*) FILTER (WHERE NOT i.held AND i.occurred_at >= t.new_start
+            AND i.occurred_at < t.new_end AND i.cost_usd IS NULL) AS unpriced,
+        sum(i.tokens) FILTER (WHERE i.held) AS held_tokens,
+        count(*) FILTER (WHERE i.held) AS holds
+    FROM target t JOIN (
+        SELECT organization_id, occurred_at, tokens, cost_usd, false AS held FROM inserted
+        UNION ALL
+        SELECT organization_id, NULL, tokens, NULL, true FROM settled
+    ) i USING (organization_id)
     GROUP BY t.organization_id
 ),
 updated AS (
@@ -193,11 +196,10 @@ updated AS (
         period_end = t.new_end,
         counters_updated_at = now()
     FROM target t JOIN sums s USING (organization_id)
-        LEFT JOIN settled_per_org h USING (organization_id)
     WHERE u.organization_id = t.organization_id
     RETURNING u.organization_id, u.plan, u.period_start, t.before_tokens,
         u.tokens_used_period AS after_tokens, u.token_limit + u.credits_tokens AS allowance,
-        t.inserted, s.unpriced, coalesce(h.holds, 0) AS holds
+        t.inserted, s.unpriced, s.holds
 ),
 alerted AS (
     {insert_alerts_sql("updated")}
