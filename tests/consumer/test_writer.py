@@ -397,7 +397,8 @@ async def test_metadata_and_optional_text_arrive_as_sent(
         metadata={"feature": "chat", "n": 1.5, "nested": {"ok": True}, "none": None},
     )
     bare = make_event(org)
-    await writer.write(build_batch(message_for(e) for e in [full, bare]))
+    huge = make_event(org, metadata={"beyond_64_bits": 2**70})  # written by the fallback
+    await writer.write(build_batch(message_for(e) for e in [full, bare, huge]))
     # Then an absent value is SQL NULL (not JSON null) and the others are stored as sent
     async with db.engine.connect() as conn:
         rows = {
@@ -414,6 +415,7 @@ async def test_metadata_and_optional_text_arrive_as_sent(
     assert rows[full.event_id].metadata == full.metadata
     assert (rows[bare.event_id].operation, rows[bare.event_id].request_id) == (None, None)
     assert rows[bare.event_id].no_md is True
+    assert rows[huge.event_id].metadata == {"beyond_64_bits": 2**70}
 
 
 # plan shape
