@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from biz2bricks_core.schema import SCHEMA_REVISION
+from biz2bricks_devtools.localservices import LocalService
 from tests.conftest import PubSubNames
-from tests.support import ROOT
+from tests.support import ROOT, create_database, drop_database, migrate
 
 CONSUMER = ("-m", "biz2bricks_consumer")
 SETUP = ("-m", "biz2bricks_consumer", "setup")
@@ -159,3 +161,27 @@ def test_help_is_the_commands_own_and_plain_text(argv: tuple[str, ...], expected
     assert "``" not in result.stdout
     if "setup" in argv:
         assert "{run,setup}" not in result.stdout  # not the top-level help
+
+
+def test_the_worker_refuses_a_database_that_was_not_migrated(
+    postgres_server: LocalService, pubsub_names: PubSubNames
+) -> None:
+    # Given a reachable database one migration behind this release
+    url = create_database(postgres_server.address, prefix="b2b_old_schema")
+    try:
+        migrate(url, "0005")
+        # When the worker starts on it
+        result = run_command(
+            CONSUMER,
+            DATABASE_URL=url,
+            PUBSUB_EMULATOR_HOST=os.environ["PUBSUB_EMULATOR_HOST"],
+            PUBSUB_PROJECT_ID=pubsub_names.project_id,
+            USAGE_TOPIC=pubsub_names.topic,
+            USAGE_SUBSCRIPTION=pubsub_names.subscription,
+            CONSUMER_HEALTH_HOST="127.0.0.1",
+            PORT="0",
+        )
+    finally:
+        drop_database(url)
+    # Then it exits at once with the revisions and the command that fixes it
+    assert_one_message(result, "revision 0005", SCHEMA_REVISION, "alembic upgrade head")

@@ -41,6 +41,16 @@ async def alerts_of(db: DatabaseManager, org: uuid.UUID) -> list[dict[str, Any]]
         return [dict(r._mapping) for r in rows]
 
 
+async def stored_reservation(db: DatabaseManager, event_id: uuid.UUID) -> uuid.UUID | None:
+    async with db.engine.connect() as conn:
+        return (
+            await conn.execute(
+                text("SELECT reservation_id FROM usage_events WHERE event_id = :e"),
+                {"e": event_id},
+            )
+        ).scalar_one()
+
+
 # settling holds
 
 
@@ -56,6 +66,7 @@ async def test_an_event_settles_its_hold_and_counts_its_actual_tokens(db: Databa
     result = await write_events(db, [event])
     # Then the estimate stops counting and the actual tokens count once
     assert result.holds_settled == 1
+    assert await stored_reservation(db, event.event_id) == hold.reservation_id
     assert await hold_states(db, org) == {}  # a settled hold is gone; its event is the record
     row = await counters(db, org)
     assert (row["tokens_used_period"], row["tokens_reserved"]) == (3_000, 0)
@@ -81,6 +92,9 @@ async def test_a_redelivered_event_settles_nothing_twice(db: DatabaseManager) ->
     # Then nothing more is settled or counted: the other hold still counts
     assert (again.holds_settled, third.holds_settled) == (0, 0)
     assert (again.inserted, third.inserted) == (0, 0)
+    # and the stored event names its hold, so the copy naming another is a conflict, kept
+    assert (again.conflicts, third.conflicts) == (0, 1)
+    assert "reservation_id: stored" in third.rejected[0].reason
     assert await hold_states(db, org) == {second.reservation_id: "live"}
     row = await counters(db, org)
     assert (row["tokens_used_period"], row["tokens_reserved"]) == (1_000, 4_000)
@@ -115,6 +129,7 @@ async def test_an_unknown_hold_id_is_ignored_and_the_event_counts(db: DatabaseMa
     event = make_event(org, input_tokens=700, output_tokens=0, reservation_id=uuid.uuid4())
     result = await write_events(db, [event])
     assert (result.inserted, result.holds_settled) == (1, 0)
+    assert await stored_reservation(db, event.event_id) == event.reservation_id
     assert await event_count(db, org) == 1
     assert (await counters(db, org))["tokens_reserved"] == 2_000
     assert await hold_states(db, org) == {hold.reservation_id: "live"}

@@ -8,8 +8,12 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
+from biz2bricks_core import DatabaseConfig, DatabaseManager
+from biz2bricks_core.errors import SchemaOutdatedError
+from biz2bricks_core.schema import SCHEMA_REVISION, check_schema, schema_problem
 from biz2bricks_devtools.localservices import LocalService
 from tests.support import alembic_config, create_database, drop_database, libpq_url, migrate
 
@@ -148,3 +152,37 @@ def test_events_stored_at_zero_without_a_price_become_unpriced(empty_database: s
     ]
     assert rows[1][1] is None
     assert unpriced == 1
+
+
+# the start-up check of the schema revision
+
+
+def test_the_release_needs_the_newest_migration() -> None:
+    # One owner: SCHEMA_REVISION must follow every new migration
+    script = ScriptDirectory.from_config(alembic_config("postgresql://unused/unused"))
+    assert script.get_current_head() == SCHEMA_REVISION
+
+
+def test_the_schema_check_names_the_fix_for_an_old_or_missing_schema(empty_database: str) -> None:
+    async def check() -> str | None:
+        db = DatabaseManager(DatabaseConfig(database_url=empty_database))
+        try:
+            await check_schema(db)
+            return None
+        except SchemaOutdatedError as error:
+            return str(error)
+        finally:
+            await db.dispose()
+
+    # Never migrated: no alembic_version table
+    assert "no schema" in (asyncio.run(check()) or "")
+    # One revision behind: the check names both revisions and the command
+    migrate(empty_database, "0005")
+    problem = asyncio.run(check()) or ""
+    assert f"at revision 0005; this release needs {SCHEMA_REVISION}" in problem
+    assert "alembic upgrade head" in problem
+    # At head (or newer): nothing to say
+    migrate(empty_database)
+    assert asyncio.run(check()) is None
+    assert schema_problem("9999") is None
+    assert schema_problem("my-branch") is not None

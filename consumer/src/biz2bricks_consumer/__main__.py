@@ -28,11 +28,14 @@ from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import CommitHook, Worker, tune_gc
 from biz2bricks_core.cli import listen_error, run_command
 from biz2bricks_core.config import DatabaseConfig
-from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
+from biz2bricks_core.schema import check_schema
 
 log = logging.getLogger("biz2bricks_consumer")
+
+SCHEMA_CHECK_TIMEOUT_S = 5.0
 
 
 def _run_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -121,6 +124,7 @@ async def run_worker(
         code = await _check_subscription(source, settings)
         if code != 0 or worker.stopping:
             return code
+        await _check_schema(db)
         health = HealthServer(
             worker.metrics,
             {
@@ -149,6 +153,18 @@ async def run_worker(
         source.close()
         with contextlib.suppress(Exception):  # a pool on an unreachable server: do not hang
             await asyncio.wait_for(db.dispose(), timeout=1.0)
+
+
+async def _check_schema(db: DatabaseManager) -> None:
+    """Refuse to start on a database not migrated for this release (SchemaOutdatedError, one
+    line and exit 2). A database that does not answer now is the worker's to wait for."""
+    try:
+        await asyncio.wait_for(check_schema(db), timeout=SCHEMA_CHECK_TIMEOUT_S)
+    except (*DATABASE_DOWN_ERRORS, TimeoutError) as error:
+        log.warning(
+            "consumer.schema_unchecked",
+            extra={"error": str(error) or type(error).__name__, "hint": "database not answering"},
+        )
 
 
 async def _check_subscription(source: PubSubSource, settings: ConsumerSettings) -> int:

@@ -56,11 +56,7 @@ CREDITS_AT_ROLL = credits_after_period_sql(
     "u.credits_tokens", "u.tokens_used_period", "u.token_limit"
 )
 RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "s.held_tokens")
-SETTLE = settle_holds_sql(
-    "$2::uuid[]",
-    "(SELECT i.organization_id, i.reservation_id FROM input i JOIN inserted USING (event_id)"
-    " WHERE i.reservation_id IS NOT NULL)",
-)
+SETTLE = settle_holds_sql("$2::uuid[]", "inserted")
 
 # Each event reaches the statement as one JSON array of these columns, in this order, with
 # the price row resolved for it (or why none applies): event_rows writes them, INPUT reads
@@ -127,21 +123,21 @@ inserted AS (
     INSERT INTO usage_events (event_id, organization_id, user_id, occurred_at, provider, model,
         input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
         cache_write_1h_tokens, cost_usd, pricing_id, unpriced_reason, operation, request_id,
-        metadata)
+        metadata, reservation_id)
     SELECT i.event_id, i.organization_id, i.user_id, i.occurred_at, i.provider, i.model,
         i.input_tokens, i.output_tokens, i.cache_read_tokens, i.cache_write_tokens,
         i.cache_write_1h_tokens,
         -- NULL without a price row: an unknown cost is never stored as 0.
         {cost_sql("i", "p")},
         p.id, CASE WHEN p.id IS NULL THEN coalesce(i.unpriced_reason, '{NO_PRICE_ROW}') END,
-        i.operation, i.request_id, i.metadata
+        i.operation, i.request_id, i.metadata, i.reservation_id
     -- $3: the batch's distinct price rows, so only those are read (by primary key).
     FROM input i JOIN locked USING (organization_id)
         LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($3::integer[])) p
         ON p.id = i.pricing_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, organization_id, occurred_at, input_tokens + output_tokens AS tokens,
-        cost_usd
+        cost_usd, reservation_id
 ),
 settled AS (
     -- Only events this statement inserted settle: a redelivery settles nothing twice.

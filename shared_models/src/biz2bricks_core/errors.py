@@ -11,6 +11,10 @@ class ConfigurationError(Biz2BricksError, ValueError):
     """A setting is missing or malformed; the message names the environment variable."""
 
 
+class SchemaOutdatedError(ConfigurationError):
+    """The database's schema is older than this release needs; the message says how to migrate."""
+
+
 class TransientError(Biz2BricksError):
     """A failure that may succeed when retried (database unreachable, connection dropped)."""
 

@@ -335,6 +335,9 @@ class UsageEventModel(Base):
     operation: Mapped[str | None] = mapped_column(String(200))
     request_id: Mapped[str | None] = mapped_column(String(200))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    # The token hold the event carried (settled by it if the hold was live; no foreign key,
+    # since a settled hold is deleted and the event is its record).
+    reservation_id: Mapped[uuid.UUID | None]
 
 
 class UsageEventRejectModel(Base):
