@@ -121,19 +121,23 @@ def busy_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+def worker_env(database_url: str, names: PubSubNames, **extra: str) -> dict[str, str]:
+    """What the worker needs to reach its database and the emulator's subscription."""
+    return {
+        "DATABASE_URL": database_url,
+        "PUBSUB_EMULATOR_HOST": os.environ["PUBSUB_EMULATOR_HOST"],
+        "PUBSUB_PROJECT_ID": names.project_id,
+        "USAGE_TOPIC": names.topic,
+        "USAGE_SUBSCRIPTION": names.subscription,
+        "CONSUMER_HEALTH_HOST": "127.0.0.1",
+        **extra,
+    }
+
+
 def test_the_worker_names_port_when_its_health_port_is_in_use(
     busy_port: int, database_url: str, pubsub_names: PubSubNames
 ) -> None:
-    result = run_command(
-        CONSUMER,
-        DATABASE_URL=database_url,
-        PUBSUB_EMULATOR_HOST=os.environ["PUBSUB_EMULATOR_HOST"],
-        PUBSUB_PROJECT_ID=pubsub_names.project_id,
-        USAGE_TOPIC=pubsub_names.topic,
-        USAGE_SUBSCRIPTION=pubsub_names.subscription,
-        CONSUMER_HEALTH_HOST="127.0.0.1",
-        PORT=str(busy_port),
-    )
+    result = run_command(CONSUMER, **worker_env(database_url, pubsub_names, PORT=str(busy_port)))
     assert_one_message(result, "PORT", str(busy_port))
 
 
@@ -171,16 +175,7 @@ def test_the_worker_refuses_a_database_that_was_not_migrated(
     try:
         migrate(url, "0005")
         # When the worker starts on it
-        result = run_command(
-            CONSUMER,
-            DATABASE_URL=url,
-            PUBSUB_EMULATOR_HOST=os.environ["PUBSUB_EMULATOR_HOST"],
-            PUBSUB_PROJECT_ID=pubsub_names.project_id,
-            USAGE_TOPIC=pubsub_names.topic,
-            USAGE_SUBSCRIPTION=pubsub_names.subscription,
-            CONSUMER_HEALTH_HOST="127.0.0.1",
-            PORT="0",
-        )
+        result = run_command(CONSUMER, **worker_env(url, pubsub_names, PORT="0"))
     finally:
         drop_database(url)
     # Then it exits at once with the revisions and the command that fixes it
