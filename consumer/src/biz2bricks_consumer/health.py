@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from biz2bricks_consumer.metrics import ConsumerMetrics
+from biz2bricks_core.served import ServedApp, alive
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 READINESS_TIMEOUT_S = 3.0
@@ -23,32 +24,24 @@ class HealthServer:
     ) -> None:
         self._metrics = metrics
         self.checks = checks
-        self._host, self._port = host, port
         app = web.Application()
-        app.router.add_get("/healthz", self._alive)
+        app.router.add_get("/healthz", alive)
         app.router.add_get("/readyz", self._ready)
         app.router.add_get("/metrics", self._metrics_page)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        self._site: web.TCPSite | None = None
+        self._served = ServedApp(app, host, port)
 
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0)."""
-        assert self._site is not None, "start() first"
-        return int(self._site.port)
+        return self._served.port
 
     async def start(self) -> None:
         """Start listening."""
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port)
-        await self._site.start()
+        await self._served.start()
 
     async def close(self) -> None:
         """Stop listening."""
-        await self._runner.cleanup()
-
-    async def _alive(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+        await self._served.close()
 
     async def _ready(self, _: web.Request) -> web.Response:
         results: dict[str, str] = {}

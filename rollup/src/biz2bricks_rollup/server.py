@@ -19,6 +19,7 @@ from pydantic_settings import SettingsConfigDict
 from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
+from biz2bricks_core.served import ServedApp, alive
 from biz2bricks_rollup.rollup import RollupBusyError, run_rollup
 
 log = logging.getLogger(__name__)
@@ -65,27 +66,23 @@ class RollupServer:
         self._db = db
         self._settings = settings
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_get("/healthz", self._alive)
+        app.router.add_get("/healthz", alive)
         app.router.add_post("/", self._run)
         app.router.add_post("/run", self._run)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        self._site: web.TCPSite | None = None
+        self._served = ServedApp(app, settings.host, settings.port)
 
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0)."""
-        assert self._site is not None, "start() first"
-        return int(self._site.port)
+        return self._served.port
 
     async def start(self) -> None:
         """Start listening."""
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
-        await self._site.start()
+        await self._served.start()
 
     async def close(self) -> None:
         """Stop listening."""
-        await self._runner.cleanup()
+        await self._served.close()
 
     async def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -99,9 +96,6 @@ class RollupServer:
         return await asyncio.to_thread(
             _verify_oidc, token, self._settings.oidc_audience or "", self._settings.oidc_email
         )
-
-    async def _alive(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
 
     async def _run(self, request: web.Request) -> web.Response:
         if not await self._authorized(request):
