@@ -482,8 +482,7 @@ async def explain_batch(conn: Any, plan_cache_mode: str, params: list[Any]) -> d
     await conn.execute(f"PREPARE batch_plan AS {INSERT_AND_COUNT}")
     try:
         literals = await conn.fetchrow(
-            "SELECT quote_literal($1::text), quote_literal($2::uuid[]), quote_literal($3::int[])",
-            *params,
+            "SELECT quote_literal($1::text), quote_literal($2::int[])", *params
         )
         plan = await conn.fetchval(
             f"EXPLAIN (FORMAT JSON) EXECUTE batch_plan({', '.join(literals)})"

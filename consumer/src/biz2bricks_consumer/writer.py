@@ -56,7 +56,7 @@ CREDITS_AT_ROLL = credits_after_period_sql(
     "u.credits_tokens", "u.tokens_used_period", "u.token_limit"
 )
 RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "s.held_tokens")
-SETTLE = settle_holds_sql("$2::uuid[]", "inserted")
+SETTLE = settle_holds_sql("inserted")
 
 # Each event reaches the statement as one JSON array of these columns, in this order, with
 # the price row resolved for it (or why none applies): event_rows writes them, INPUT reads
@@ -131,9 +131,9 @@ inserted AS (
         {cost_sql("i", "p")},
         p.id, CASE WHEN p.id IS NULL THEN coalesce(i.unpriced_reason, '{NO_PRICE_ROW}') END,
         i.operation, i.request_id, i.metadata, i.reservation_id
-    -- $3: the batch's distinct price rows, so only those are read (by primary key).
+    -- $2: the batch's distinct price rows, so only those are read (by primary key).
     FROM input i JOIN locked USING (organization_id)
-        LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($3::integer[])) p
+        LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($2::integer[])) p
         ON p.id = i.pricing_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id, organization_id, occurred_at, input_tokens + output_tokens AS tokens,
@@ -253,16 +253,14 @@ class WriteResult:
 
 def event_params(
     events: Sequence[UsageEvent], prices: PriceBook
-) -> tuple[str, list[uuid.UUID], list[int], list[Unpriced]]:
+) -> tuple[str, list[int], list[Unpriced]]:
     """Parameters of INSERT_AND_COUNT (the events as a JSON array of INPUT_COLUMNS rows, the
-    hold ids the events carry, the distinct price rows), and the unpriced (provider, model,
-    reason) of the batch.
+    distinct price rows), and the unpriced (provider, model, reason) of the batch.
 
     The row in force and its tier are chosen here; the cost itself is computed in SQL from
     that row, so no Decimal crosses the wire.
     """
     rows: list[tuple[Any, ...]] = []
-    holds: list[uuid.UUID] = []
     price_rows: set[int] = set()
     unpriced: list[Unpriced] = []
     for e in events:
@@ -274,9 +272,7 @@ def event_params(
             rows.append((*_event_values(e), found.price.id, None))
             if found.price.id is not None:
                 price_rows.add(found.price.id)
-        if e.reservation_id is not None:
-            holds.append(e.reservation_id)
-    return _rows_json(rows), holds, list(price_rows), unpriced
+    return _rows_json(rows), list(price_rows), unpriced
 
 
 def _rows_json(rows: list[tuple[Any, ...]]) -> str:

@@ -214,14 +214,14 @@ LIVE_RESERVED: Final = (
 # organization is ignored; the event counts as usual. A settled hold is deleted (its event is
 # the record): deleting costs the batch about half of what updating the row to a 'settled'
 # state did, measured with every event settling a hold.
-def settle_holds_sql(hold_ids: str, new_events: str) -> str:
+def settle_holds_sql(new_events: str) -> str:
     """A DELETE for a data-modifying CTE: ends the live holds that ``new_events`` (a relation
     with organization_id and reservation_id) name, RETURNING organization_id and tokens.
 
-    ``hold_ids`` is an array of every reservation_id the batch carries: the holds are found
-    through the primary key (``= ANY``), so the cost follows the batch, not the number of
-    live holds. The caller subtracts the returned tokens from ``tokens_reserved`` in the same
-    statement (``reserved_after_settle_sql``), keeping the invariant of this module.
+    The holds are found through the primary key (``= ANY`` of the ids ``new_events`` carry,
+    one array computed once), so the cost follows the batch, not the number of holds. The
+    caller subtracts the returned tokens from ``tokens_reserved`` in the same statement
+    (``reserved_after_settle_sql``), keeping the invariant of this module.
     """
     # The state test is written as "neither ended state" (the check constraint allows three):
     # the planner estimates it keeps nearly every row, so a batch of a thousand holds is not
@@ -229,8 +229,9 @@ def settle_holds_sql(hold_ids: str, new_events: str) -> str:
     # index of live holds, which it would otherwise pick, stays out of the plan.
     return (
         f"DELETE FROM usage_token_holds h USING {new_events} n"
-        f" WHERE h.id = ANY({hold_ids}) AND h.id = n.reservation_id"
-        " AND h.organization_id = n.organization_id"
+        f" WHERE h.id = ANY(ARRAY(SELECT reservation_id FROM {new_events}"
+        " WHERE reservation_id IS NOT NULL))"
+        " AND h.id = n.reservation_id AND h.organization_id = n.organization_id"
         " AND h.state <> 'released' AND h.state <> 'expired'"
         " RETURNING h.organization_id, h.tokens"
     )
