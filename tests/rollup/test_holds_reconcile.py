@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
-from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageService
+from biz2bricks_core import ConfigurationError, DatabaseConfig, DatabaseManager, UsageService
+from biz2bricks_rollup import holds_reconcile
 from biz2bricks_rollup.__main__ import main as rollup_main
-from biz2bricks_rollup.holds_reconcile import find_hold_states, repair_holds
+from biz2bricks_rollup.holds_reconcile import (
+    HoldRetention,
+    find_hold_states,
+    prune_ended_holds,
+    repair_holds,
+)
 from tests.factories import counters, provisioned_org
 
 
@@ -73,3 +82,108 @@ def test_the_reconcile_command_reports_hold_drift(
     assert "tokens_reserved 77 vs live holds 0 (+77)" in capsys.readouterr().out
     assert rollup_main(["reconcile"]) == 0
     assert "every tokens_reserved equals its live holds" in capsys.readouterr().out
+
+
+# retention of ended holds
+
+
+async def _hold_row(
+    db: DatabaseManager, org: uuid.UUID, state: str, ended_days_ago: int
+) -> uuid.UUID:
+    """A hold row that ended (or, 'live', whose ttl ran out) ``ended_days_ago`` days ago."""
+    hold, ended = uuid.uuid4(), datetime.now(UTC) - timedelta(days=ended_days_ago)
+    async with db.session() as session:
+        await session.execute(
+            text(
+                "INSERT INTO usage_token_holds (id, organization_id, tokens, state, created_at,"
+                " expires_at, ended_at) VALUES (:id, :o, 100, :state, :created, :ended, :end)"
+            ),
+            {
+                "id": hold,
+                "o": org,
+                "state": state,
+                "created": ended - timedelta(days=1),
+                "ended": ended,
+                "end": None if state == "live" else ended,
+            },
+        )
+    return hold
+
+
+async def _holds_of(db: DatabaseManager, org: uuid.UUID) -> set[uuid.UUID]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id FROM usage_token_holds WHERE organization_id = :o"), {"o": org}
+        )
+        return set(rows.scalars())
+
+
+async def test_ended_holds_past_the_retention_are_pruned_in_chunks(
+    db: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given released and expired holds ended 31 and 40 days ago, one released yesterday, and
+    # a 'live' row whose ttl ran out 60 days ago (it still counts until swept: not ours to drop)
+    org = await provisioned_org(db, plan="free")
+    old = [
+        await _hold_row(db, org, state, days)
+        for state, days in [
+            ("released", 31),
+            ("expired", 40),
+            ("released", 35),
+            ("expired", 50),
+            ("released", 90),
+        ]
+    ]
+    recent = await _hold_row(db, org, "released", 1)
+    unswept = await _hold_row(db, org, "live", 60)
+    async with db.session() as session:  # counted, as every live row is (no drift)
+        await session.execute(
+            text(
+                "UPDATE usage_limits SET tokens_reserved = 100,"
+                " holds_next_expiry = now() - interval '60 days' WHERE organization_id = :o"
+            ),
+            {"o": org},
+        )
+    monkeypatch.setattr(holds_reconcile, "PRUNE_CHUNK", 2)
+    # When the ended holds older than 30 days are pruned, two rows per transaction
+    pruned = await prune_ended_holds(db, 30)
+    # Then exactly the old ended holds are gone (others' old holds may go too: count ours)
+    assert pruned >= len(old)
+    assert await _holds_of(db, org) == {recent, unswept}
+
+
+def test_the_run_command_prunes_ended_holds_and_reports_it(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("ROLLUP_HOLD_RETENTION_DAYS", "7")
+
+    async def holds(setup: bool) -> set[uuid.UUID]:
+        manager = DatabaseManager(DatabaseConfig(database_url=database_url))
+        try:
+            if setup:
+                org = await provisioned_org(manager, plan="free")
+                await _hold_row(manager, org, "expired", 8)
+                return {await _hold_row(manager, org, "released", 6)}
+            async with manager.engine.connect() as conn:
+                rows = await conn.execute(
+                    text("SELECT id FROM usage_token_holds WHERE state <> 'live'")
+                )
+                return set(rows.scalars())
+        finally:
+            await manager.dispose()
+
+    # Given an expired hold ended 8 days ago and a released one 6 days ago
+    kept = asyncio.run(holds(setup=True))
+    # When the scheduled run rolls up a day with a retention of 7 days
+    assert rollup_main(["run", "--date", "2026-01-01"]) == 0
+    # Then it reports what it pruned, and the recent hold stays
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["holds_pruned"] >= 1
+    assert kept <= asyncio.run(holds(setup=False))
+
+
+def test_a_malformed_retention_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLLUP_HOLD_RETENTION_DAYS", "a month")
+    with pytest.raises(ConfigurationError, match="ROLLUP_HOLD_RETENTION_DAYS"):
+        HoldRetention()

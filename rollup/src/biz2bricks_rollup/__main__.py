@@ -16,7 +16,12 @@ from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
-from biz2bricks_rollup.holds_reconcile import find_hold_states, repair_holds
+from biz2bricks_rollup.holds_reconcile import (
+    HoldRetention,
+    find_hold_states,
+    prune_ended_holds,
+    repair_holds,
+)
 from biz2bricks_rollup.reconcile import find_drift, repair, reserved_only
 from biz2bricks_rollup.reprice import reprice
 from biz2bricks_rollup.rollup import DayResult, RollupBusyError, days_between, run_rollup
@@ -91,14 +96,17 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
     try:
         await db.check()
         if args.command == "run":
+            retention = HoldRetention()
             results = await run_rollup(db, _days(args), wait=args.wait, progress=_progress)
-            summary = {"days": [r.as_dict() for r in results]}
+            pruned = await prune_ended_holds(db, retention.days)
+            summary = {"days": [r.as_dict() for r in results], "holds_pruned": pruned}
             if not sys.stdout.isatty():
                 print(json.dumps(summary))
             else:
                 print(
                     f"rolled up {len(results)} day(s), "
-                    f"{sum(r.written for r in results):,} rows written"
+                    f"{sum(r.written for r in results):,} rows written; "
+                    f"pruned {pruned:,} token hold(s) ended over {retention.days} days ago"
                 )
             return EXIT_OK
         if args.command == "reconcile":

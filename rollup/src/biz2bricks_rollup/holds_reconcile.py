@@ -1,4 +1,5 @@
-"""Reconcile token holds: ``tokens_reserved`` against the hold rows, and expired holds.
+"""Reconcile token holds: ``tokens_reserved`` against the hold rows, and expired holds; and
+prune the rows of holds that ended (released or expired) long ago.
 
 The counter must equal the sum of the organization's holds in state 'live'
 (biz2bricks_core.holds). Holds past their ttl stop counting by themselves; they stay 'live' rows
@@ -13,8 +14,11 @@ import json
 import uuid
 from dataclasses import dataclass
 
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text
 
+from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DatabaseManager
 
 HOLDS = """
@@ -52,6 +56,25 @@ RECOUNT = text(
     "   FROM unnest(CAST(:orgs AS uuid[])) AS o) h"
     " WHERE l.organization_id = h.organization_id"
 )
+# Ended holds no longer count anywhere; their rows stay for the retention (reconcile and
+# operators can look at them), then the rollup run deletes them a chunk at a time, so the
+# table holds the live holds and the recent past, not every call ever made.
+PRUNE = text(
+    "DELETE FROM usage_token_holds WHERE id IN (SELECT id FROM usage_token_holds"
+    " WHERE state IN ('released', 'expired')"
+    " AND ended_at < now() - make_interval(days => :days) LIMIT :chunk)"
+)
+PRUNE_CHUNK = 10_000
+
+
+class HoldRetention(Settings):
+    """How long the rows of ended holds stay before the rollup run deletes them."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    days: int = Field(default=30, ge=1, le=3650, validation_alias="ROLLUP_HOLD_RETENTION_DAYS")
+
+
 AUDIT = text(
     "INSERT INTO audit_logs (organization_id, action, entity_type, entity_id, details)"
     " VALUES (:org, 'holds.reconcile', 'usage_limits', :entity, CAST(:details AS jsonb))"
@@ -127,3 +150,20 @@ async def repair_holds(db: DatabaseManager, states: list[HoldState]) -> int:
                 },
             )
     return len(orgs)
+
+
+async def prune_ended_holds(db: DatabaseManager, retention_days: int) -> int:
+    """Delete the rows of holds that ended more than ``retention_days`` ago; how many.
+
+    One short transaction per chunk of PRUNE_CHUNK rows, so a first run over a large backlog
+    neither holds locks for long nor builds one huge transaction.
+    """
+    pruned = 0
+    while True:
+        async with db.engine.begin() as conn:
+            deleted = (
+                await conn.execute(PRUNE, {"days": retention_days, "chunk": PRUNE_CHUNK})
+            ).rowcount
+        pruned += deleted
+        if deleted < PRUNE_CHUNK:
+            return pruned
