@@ -115,8 +115,9 @@ async def test_in_a_batch_of_new_and_stored_events_only_the_new_ones_settle(
     copy = stored.model_copy(update={"reservation_id": other.reservation_id})
     new = make_event(org, input_tokens=2_000, output_tokens=0, reservation_id=mine.reservation_id)
     result = await write_events(db, [copy, new])
-    # Then only the new event's hold settles
-    assert (result.inserted, result.holds_settled) == (1, 1)
+    # Then only the new event's hold settles (the copy is a silent duplicate: the stored
+    # event recorded no hold, which is "not recorded", as in rows stored before 0006)
+    assert (result.inserted, result.holds_settled, result.conflicts) == (1, 1, 0)
     assert await hold_states(db, org) == {other.reservation_id: "live"}
     row = await counters(db, org)
     assert (row["tokens_used_period"], row["tokens_reserved"]) == (3_000, 4_000)

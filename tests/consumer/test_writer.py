@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -385,34 +385,38 @@ def test_the_batch_statement_reads_every_field_of_the_event() -> None:
     assert read[len(UsageEvent.model_fields) :] == ["pricing_id", "unpriced_reason"]
 
 
-async def test_metadata_and_optional_text_arrive_as_sent(
-    db: DatabaseManager, writer: BatchWriter
-) -> None:
-    # Given events with and without metadata, operation and request_id
+async def test_values_arrive_as_sent(db: DatabaseManager, writer: BatchWriter) -> None:
+    # Given events with and without metadata, operation and request_id, text that JSON must
+    # escape, and a time with another offset than UTC
     org = await provisioned_org(db)
     full = make_event(
         org,
-        operation="summarize",
-        request_id="req_1",
-        metadata={"feature": "chat", "n": 1.5, "nested": {"ok": True}, "none": None},
+        occurred_at=datetime.now(timezone(timedelta(hours=5, minutes=30))) - timedelta(hours=1),
+        operation='sum "quoted" \\ back\\slash',
+        request_id="réq_ü_☃_1",
+        metadata={"feature": "chat", "n": 1.5, "nested": {"ok": True}, "none": None, "t": "€\n"},
     )
     bare = make_event(org)
-    huge = make_event(org, metadata={"beyond_64_bits": 2**70})  # written by the fallback
-    await writer.write(build_batch(message_for(e) for e in [full, bare, huge]))
-    # Then an absent value is SQL NULL (not JSON null) and the others are stored as sent
+    huge = make_event(org, metadata={"beyond_64_bits": 2**70})
+    # When they are written (orjson writes the first batch; pydantic the one it cannot write)
+    await writer.write(build_batch(message_for(e) for e in [full, bare]))
+    await writer.write(build_batch([message_for(huge)]))
+    # Then every value is stored as sent, and an absent one is SQL NULL (not JSON null)
     async with db.engine.connect() as conn:
         rows = {
             r.event_id: r
             for r in await conn.execute(
                 text(
-                    "SELECT event_id, operation, request_id, metadata, metadata IS NULL AS no_md"
-                    " FROM usage_events WHERE organization_id = :o"
+                    "SELECT event_id, occurred_at, operation, request_id, metadata,"
+                    " metadata IS NULL AS no_md FROM usage_events WHERE organization_id = :o"
                 ),
                 {"o": org},
             )
         }
-    assert (rows[full.event_id].operation, rows[full.event_id].request_id) == ("summarize", "req_1")
-    assert rows[full.event_id].metadata == full.metadata
+    stored = rows[full.event_id]
+    assert stored.occurred_at == full.occurred_at
+    assert (stored.operation, stored.request_id) == (full.operation, full.request_id)
+    assert stored.metadata == full.metadata
     assert (rows[bare.event_id].operation, rows[bare.event_id].request_id) == (None, None)
     assert rows[bare.event_id].no_md is True
     assert rows[huge.event_id].metadata == {"beyond_64_bits": 2**70}
@@ -421,18 +425,28 @@ async def test_metadata_and_optional_text_arrive_as_sent(
 # plan shape
 
 
+RESCANNED = ("CTE Scan", "Materialize", "Seq Scan", "Function Scan")
+
+
 def _loops_over_scans(plan: dict[str, Any]) -> list[str]:
-    """Nested loops whose inner side rescans a relation in full (a CTE, a materialized or
-    sequentially scanned one) rather than probing an index: each costs rows x rows."""
+    """Nested loops whose inner side reads a relation in full (a CTE, a materialized, a
+    function's or a sequentially scanned one, however wrapped: an Append of them, say) rather
+    than probing an index: each costs rows x rows."""
     found = []
     children = plan.get("Plans", [])
     if plan["Node Type"] == "Nested Loop":
         inner = next(c for c in children if c.get("Parent Relationship") == "Inner")
-        if inner["Node Type"] in ("CTE Scan", "Materialize", "Seq Scan", "Function Scan"):
-            found.append(f"Nested Loop over {inner['Node Type']} (estimated {plan['Plan Rows']})")
+        scans = [n for n in _nodes(inner) if n in RESCANNED]
+        if scans:
+            found.append(f"Nested Loop over {', '.join(scans)} (estimated {plan['Plan Rows']})")
     for child in children:
         found.extend(_loops_over_scans(child))
     return found
+
+
+def _nodes(plan: dict[str, Any]) -> list[str]:
+    """The node types of a plan tree, this one first."""
+    return [plan["Node Type"], *(n for c in plan.get("Plans", []) for n in _nodes(c))]
 
 
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
@@ -479,15 +493,14 @@ async def test_a_full_batch_settling_holds_is_never_joined_by_rescans(
 async def explain_batch(conn: Any, plan_cache_mode: str, params: list[Any]) -> dict[str, Any]:
     """The plan of INSERT_AND_COUNT for ``params``, planned under ``plan_cache_mode``."""
     await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
-    await conn.execute(f"PREPARE batch_plan AS {INSERT_AND_COUNT}")
+    name = f"batch_plan_{uuid.uuid4().hex}"  # PREPARE outlives a failed transaction
+    await conn.execute(f"PREPARE {name} AS {INSERT_AND_COUNT}")
     try:
         literals = await conn.fetchrow(
             "SELECT quote_literal($1::text), quote_literal($2::int[])", *params
         )
-        plan = await conn.fetchval(
-            f"EXPLAIN (FORMAT JSON) EXECUTE batch_plan({', '.join(literals)})"
-        )
+        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({', '.join(literals)})")
     finally:
-        await conn.execute("DEALLOCATE batch_plan")
+        await conn.execute(f"DEALLOCATE {name}")
     # (pooled connections decode json: SQLAlchemy's asyncpg dialect sets them up so)
     return plan[0]["Plan"]  # type: ignore[no-any-return]

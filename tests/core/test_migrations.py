@@ -175,7 +175,7 @@ def test_the_schema_check_names_the_fix_for_an_old_or_missing_schema(empty_datab
             await db.dispose()
 
     # Never migrated: no alembic_version table
-    assert "no schema" in (asyncio.run(check()) or "")
+    assert "no schema revision" in (asyncio.run(check()) or "")
     # One revision behind: the check names both revisions and the command
     migrate(empty_database, "0005")
     problem = asyncio.run(check()) or ""

@@ -158,13 +158,18 @@ def test_the_run_command_prunes_ended_holds_and_reports_it(
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("ROLLUP_HOLD_RETENTION_DAYS", "7")
 
-    async def holds(setup: bool) -> set[uuid.UUID]:
+    async def given() -> tuple[uuid.UUID, uuid.UUID]:
         manager = DatabaseManager(DatabaseConfig(database_url=database_url))
         try:
-            if setup:
-                org = await provisioned_org(manager, plan="free")
-                await _hold_row(manager, org, "expired", 8)
-                return {await _hold_row(manager, org, "released", 6)}
+            org = await provisioned_org(manager, plan="free")
+            old = await _hold_row(manager, org, "expired", 8)
+            return old, await _hold_row(manager, org, "released", 6)
+        finally:
+            await manager.dispose()
+
+    async def ended_holds() -> set[uuid.UUID]:
+        manager = DatabaseManager(DatabaseConfig(database_url=database_url))
+        try:
             async with manager.engine.connect() as conn:
                 rows = await conn.execute(
                     text("SELECT id FROM usage_token_holds WHERE state <> 'live'")
@@ -174,13 +179,15 @@ def test_the_run_command_prunes_ended_holds_and_reports_it(
             await manager.dispose()
 
     # Given an expired hold ended 8 days ago and a released one 6 days ago
-    kept = asyncio.run(holds(setup=True))
+    old, recent = asyncio.run(given())
     # When the scheduled run rolls up a day with a retention of 7 days
     assert rollup_main(["run", "--date", "2026-01-01"]) == 0
-    # Then it reports what it pruned, and the recent hold stays
+    # Then it pruned the old hold, kept the recent one, and said so
+    left = asyncio.run(ended_holds())
+    assert old not in left
+    assert recent in left
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["holds_pruned"] >= 1
-    assert kept <= asyncio.run(holds(setup=False))
 
 
 def test_a_malformed_retention_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:

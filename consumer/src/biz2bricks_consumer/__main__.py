@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Any
 
+import asyncpg
 from google.api_core import exceptions as gexc
 from google.auth.exceptions import DefaultCredentialsError
 
@@ -157,13 +158,19 @@ async def run_worker(
 
 async def _check_schema(db: DatabaseManager) -> None:
     """Refuse to start on a database not migrated for this release (SchemaOutdatedError, one
-    line and exit 2). A database that does not answer now is the worker's to wait for."""
+    line and exit 2). A database that does not answer now is the worker's to wait for, and a
+    role that may not read alembic_version is not a reason to stay down: both are logged and
+    the worker starts (a missing column then fails its first batch, and the next start, with
+    the database answering, names the migration)."""
     try:
         await asyncio.wait_for(check_schema(db), timeout=SCHEMA_CHECK_TIMEOUT_S)
-    except (*DATABASE_DOWN_ERRORS, TimeoutError) as error:
+    except (*DATABASE_DOWN_ERRORS, TimeoutError, asyncpg.PostgresError) as error:
         log.warning(
             "consumer.schema_unchecked",
-            extra={"error": str(error) or type(error).__name__, "hint": "database not answering"},
+            extra={
+                "error": f"{type(error).__name__}: {error}",
+                "hint": "could not read alembic_version; run `alembic upgrade head` if unsure",
+            },
         )
 
 

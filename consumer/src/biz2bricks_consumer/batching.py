@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Final
 
 from biz2bricks_core.errors import InvalidEventError
 from biz2bricks_core.events import MAX_BODY_BYTES, UsageEvent, decode_event, storable_text
@@ -144,6 +145,13 @@ def reason_code(reason: str) -> str:
     return head if head.isidentifier() and len(head) <= 32 else "invalid"
 
 
+# Columns added after events were first stored: NULL in an older row means "not recorded",
+# not "absent", so a redelivery of such an event that carries one is no conflict
+# (usage_events.reservation_id, migration 0006). A hold named only by the copy settles
+# nothing, as for any event that is not new.
+RECORDED_SINCE_STORED: Final = frozenset({"reservation_id"})
+
+
 def conflict_reason(stored: Mapping[str, object], received: UsageEvent) -> str | None:
     """Why ``received`` conflicts with the stored version of its event_id, or None if equal.
 
@@ -154,6 +162,8 @@ def conflict_reason(stored: Mapping[str, object], received: UsageEvent) -> str |
         if name not in stored:
             continue
         before, after = stored[name], getattr(received, name)
+        if before is None and name in RECORDED_SINCE_STORED:
+            continue
         same = json_value(before) == json_value(after) if name == "metadata" else before == after
         if not same:
             differences.append(f"{name}: stored {_short(before)}, received {_short(after)}")

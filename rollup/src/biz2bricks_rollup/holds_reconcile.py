@@ -58,11 +58,12 @@ RECOUNT = text(
 )
 # Ended holds no longer count anywhere; their rows stay for the retention (reconcile and
 # operators can look at them), then the rollup run deletes them a chunk at a time, so the
-# table holds the live holds and the recent past, not every call ever made.
+# table holds the live holds and the recent past, not every call ever made. "state <> 'live'"
+# is the predicate of the partial index ix_usage_token_holds_ended, which finds them.
 PRUNE = text(
-    "DELETE FROM usage_token_holds WHERE id IN (SELECT id FROM usage_token_holds"
-    " WHERE state IN ('released', 'expired')"
-    " AND ended_at < now() - make_interval(days => :days) LIMIT :chunk)"
+    "DELETE FROM usage_token_holds WHERE id = ANY(ARRAY(SELECT id FROM usage_token_holds"
+    " WHERE state <> 'live' AND ended_at < now() - make_interval(days => :days)"
+    " LIMIT :chunk))"
 )
 PRUNE_CHUNK = 10_000
 

@@ -394,7 +394,8 @@ class TokenHoldModel(Base):
     """Tokens reserved for one LLM call until its event settles them, it is released, or expires.
 
     A hold counts against the limit while its state is 'live' and ``expires_at`` is ahead. The
-    event that settles a hold deletes it; released and expired holds stay, with ``ended_at``.
+    event that settles a hold deletes it; released and expired holds stay, with ``ended_at``,
+    until the rollup run prunes them (ROLLUP_HOLD_RETENTION_DAYS).
     """
 
     __tablename__ = "usage_token_holds"
@@ -407,6 +408,8 @@ class TokenHoldModel(Base):
             "expires_at",
             postgresql_where=text("state = 'live'"),
         ),
+        # What the rollup's retention prune looks for (ended holds, oldest first).
+        Index("ix_usage_token_holds_ended", "ended_at", postgresql_where=text("state <> 'live'")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(

@@ -25,7 +25,10 @@ UPGRADE_HINT: Final = "run `alembic upgrade head` (README: Roll-out order) and s
 def schema_problem(current: str | None, needed: str = SCHEMA_REVISION) -> str | None:
     """Why a database at revision ``current`` (None: never migrated) cannot serve, or None."""
     if current is None:
-        return f"the database has no schema (no alembic_version table): {UPGRADE_HINT}"
+        return (
+            "the database has no schema revision (alembic_version missing or empty): "
+            + UPGRADE_HINT
+        )
     if not current.isdigit() or int(current) < int(needed):
         return (
             f"the database schema is at revision {current}; this release needs {needed} "
