@@ -59,7 +59,7 @@ RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "s.held_t
 SETTLE = settle_holds_sql("inserted")
 
 # Each event reaches the statement as one JSON array of these columns, in this order, with
-# the price row resolved for it (or why none applies): event_rows writes them, INPUT reads
+# the price row resolved for it (or why none applies): event_params writes them, INPUT reads
 # them by position. Measured on 1,000 events, positions in jsonb cost the server a third of
 # what json_to_recordset's named fields did (5 against 12 ms with the transfer), and one
 # parameter replaces three typed arrays.
