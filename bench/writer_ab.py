@@ -3,8 +3,9 @@
 Separate runs of ``bench.consumer_write`` drift by about 10% on a noisy machine; two writers
 alternating batch by batch, with the raw baseline of consumer_write between them, see the
 same noise and show differences of a few percent. Version A is ``writer.py`` at a git revision
-(default HEAD), version B the working tree. Both write into the same tables, so a change of
-schema needs both versions to run against it.
+(default HEAD), version B the working tree. Both write into the same tables (the schema of the
+working tree), and A imports today's biz2bricks_core: a revision whose writer calls a helper
+that has since changed cannot be the baseline (compare commit by commit instead).
 Run: uv run python -m bench.writer_ab [--baseline HEAD] [--events 50000] [--batch 1000]
     [--holds]
 """
