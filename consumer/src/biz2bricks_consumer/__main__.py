@@ -27,7 +27,7 @@ from biz2bricks_consumer.health import HealthServer
 from biz2bricks_consumer.pubsub import PubSubSource, ensure_topic_and_subscription
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import CommitHook, Worker, tune_gc
-from biz2bricks_core.cli import listen_error, run_command
+from biz2bricks_core.cli import command_parser, listen_error, run_command
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
@@ -60,17 +60,10 @@ def _run_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="biz2bricks-consumer",
-        description=(
-            "Consume usage events from Pub/Sub into PostgreSQL. Without a command it runs the "
-            "worker until SIGTERM."
-        ),
-    )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)",
+    parser = command_parser(
+        "biz2bricks-consumer",
+        "Consume usage events from Pub/Sub into PostgreSQL. Without a command it runs the "
+        "worker until SIGTERM.",
     )
     _run_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="{run,setup}")

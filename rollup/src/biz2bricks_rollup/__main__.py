@@ -6,12 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from datetime import date
 
-from biz2bricks_core.cli import EXIT_CONFIGURATION, listen_error, run_command
+from biz2bricks_core.cli import EXIT_CONFIGURATION, command_parser, listen_error, run_command
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
@@ -33,17 +32,10 @@ EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_BUSY = 0, 1, EXIT_CONFIGURATION, 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="biz2bricks-rollup",
-        description=(
-            "Daily usage summaries: run the rollup once, reconcile counters with their events "
-            "and documents, or serve the HTTP trigger for Cloud Scheduler."
-        ),
-    )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)",
+    parser = command_parser(
+        "biz2bricks-rollup",
+        "Daily usage summaries: run the rollup once, reconcile counters with their events "
+        "and documents, or serve the HTTP trigger for Cloud Scheduler.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="rebuild daily summaries (default: the due days)")

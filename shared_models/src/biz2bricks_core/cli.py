@@ -7,6 +7,7 @@ they print as ``<command>: <message>`` with no traceback. ``LOG_LEVEL=DEBUG`` ad
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from biz2bricks_core.errors import ConfigurationError, DatabaseUnavailableError
 __all__ = [
     "EXIT_CONFIGURATION",
     "OPERATOR_ERRORS",
+    "command_parser",
     "listen_error",
     "report_operator_error",
     "run_command",
@@ -41,6 +43,17 @@ def report_operator_error(prog: str, error: BaseException) -> int:
     if _debug():
         traceback.print_exception(error, file=sys.stderr)
     return EXIT_CONFIGURATION
+
+
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's parser with the option every command has: ``--log-level``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default $LOG_LEVEL or INFO)",
+    )
+    return parser
 
 
 def run_command(prog: str, body: Callable[[], int]) -> int:
