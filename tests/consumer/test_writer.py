@@ -119,6 +119,24 @@ async def test_poison_messages_become_rejects_and_valid_ones_are_written(
     assert by_id[poison[1].message_id].attributes["schema_version"] == "9"
 
 
+async def test_only_stored_events_are_reported_unpriced(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given an unpriced model used by a provisioned organization and by an unknown one
+    known, stranger = await provisioned_org(db), uuid.uuid4()
+    events = [
+        make_event(known, provider="acme", model="mystery-1"),
+        make_event(stranger, provider="acme", model="mystery-2"),
+        make_event(known),
+    ]
+    # When the batch is written
+    result = await writer.write(build_batch(message_for(e) for e in events))
+    # Then the unknown organization's event is a reject, not an unpriced model
+    assert (result.inserted, result.unpriced) == (2, 1)
+    assert [(p, m) for p, m, _ in result.unpriced_models] == [("acme", "mystery-1")]
+    assert [r.reason_code for r in result.rejected] == ["unknown_organization"]
+
+
 async def test_events_of_an_unknown_organization_are_rejected_not_lost(
     db: DatabaseManager, writer: BatchWriter
 ) -> None:

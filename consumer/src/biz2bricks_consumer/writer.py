@@ -162,12 +162,9 @@ sums AS (
     -- Per organization, in one pass over its new events and the holds they settled. Late
     -- events of an earlier period are stored but not counted in the current one.
     SELECT t.organization_id,
-        coalesce(sum(i.tokens) FILTER (WHERE NOT i.held AND i.occurred_at >= t.new_start
-            AND i.occurred_at < t.new_end), 0) AS tokens,
-        coalesce(sum(i.cost_usd) FILTER (WHERE NOT i.held AND i.occurred_at >= t.new_start
-            AND i.occurred_at < t.new_end), 0) AS cost,
-        count(*) FILTER (WHERE NOT i.held AND i.occurred_at >= t.new_start
-            AND i.occurred_at < t.new_end AND i.cost_usd IS NULL) AS unpriced,
+        coalesce(sum(i.tokens) FILTER (WHERE c.counted), 0) AS tokens,
+        coalesce(sum(i.cost_usd) FILTER (WHERE c.counted), 0) AS cost,
+        count(*) FILTER (WHERE c.counted AND i.cost_usd IS NULL) AS unpriced,
         sum(i.tokens) FILTER (WHERE i.held) AS held_tokens,
         count(*) FILTER (WHERE i.held) AS holds
     FROM target t JOIN (
@@ -175,6 +172,8 @@ sums AS (
         UNION ALL
         SELECT organization_id, NULL, tokens, NULL, true FROM settled
     ) i USING (organization_id)
+    CROSS JOIN LATERAL (SELECT NOT i.held AND i.occurred_at >= t.new_start
+        AND i.occurred_at < t.new_end AS counted) c
     GROUP BY t.organization_id
 ),
 updated AS (
@@ -227,6 +226,8 @@ INSERT_REJECTS = (
 
 
 Unpriced = tuple[str, str, str]
+# The organization of an unpriced event, and its (provider, model, reason).
+UnpricedOf = tuple[uuid.UUID, Unpriced]
 _event_values = attrgetter(*_EVENT_FIELDS)
 # What orjson cannot write, serialized as the event model serializes its fields.
 _ROWS_JSON: TypeAdapter[list[tuple[Any, ...]]] = TypeAdapter(list[tuple[Any, ...]])
@@ -253,21 +254,24 @@ class WriteResult:
 
 def event_params(
     events: Sequence[UsageEvent], prices: PriceBook
-) -> tuple[str, list[int], list[Unpriced]]:
+) -> tuple[str, list[int], list[UnpricedOf]]:
     """Parameters of INSERT_AND_COUNT (the events as a JSON array of INPUT_COLUMNS rows, the
-    distinct price rows), and the unpriced (provider, model, reason) of the batch.
+    distinct price rows), and the organization and (provider, model, reason) of each unpriced
+    event.
 
     The row in force and its tier are chosen here; the cost itself is computed in SQL from
     that row, so no Decimal crosses the wire.
     """
     rows: list[tuple[Any, ...]] = []
     price_rows: set[int] = set()
-    unpriced: list[Unpriced] = []
+    unpriced: list[UnpricedOf] = []
     for e in events:
         found = prices.lookup(e.provider, e.model, e.occurred_at, e.input_tokens)
         if found.price is None:
             rows.append((*_event_values(e), None, found.reason))
-            unpriced.append((e.provider, e.model, found.reason or NO_PRICE_ROW))
+            unpriced.append(
+                (e.organization_id, (e.provider, e.model, found.reason or NO_PRICE_ROW))
+            )
         else:
             rows.append((*_event_values(e), found.price.id, None))
             if found.price.id is not None:
@@ -313,14 +317,14 @@ class BatchWriter:
         unpriced_models: list[Unpriced] = []
         async with self._db.driver() as conn, conn.transaction():
             if events:
-                prices = self._prices()
-                *params, unpriced_models = event_params(events, prices)
+                *params, unpriced_of = event_params(events, self._prices())
                 row = await conn.fetchrow(INSERT_AND_COUNT, *params)
                 inserted, unpriced, settled, alerts, unknown_orgs = row
-                if unknown_orgs:
-                    events, unknown = _split_unknown(batch, set(unknown_orgs))
+                not_stored = set(unknown_orgs or ())
+                unpriced_models = [u for org, u in unpriced_of if org not in not_stored]
+                if not_stored:
+                    events, unknown = _split_unknown(batch, not_stored)
                     rejects.extend(unknown)
-                    unpriced_models = event_params(events, prices)[-1]
                 if inserted < len(events):
                     conflicts = await _conflicts(conn, events, sources_of(batch, events))
                     rejects.extend(conflicts)
