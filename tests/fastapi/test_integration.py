@@ -1,4 +1,4 @@
-"""biz2bricks_core.fastapi in process: lifespan, providers and the HTTP answer of each error."""
+"""biz2bricks_fastapi in process: lifespan, providers and the HTTP answer of each error."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageServiceSettings
-from biz2bricks_core.fastapi import (
+from biz2bricks_devtools.localservices import find_free_port
+from biz2bricks_fastapi import (
     DatabaseDep,
     ProducerDep,
     SessionDep,
@@ -24,7 +25,6 @@ from biz2bricks_core.fastapi import (
     require_allowed,
     usage_lifespan,
 )
-from biz2bricks_devtools.localservices import find_free_port
 from biz2bricks_producer import ProducerSettings
 from tests.conftest import PubSubNames
 from tests.factories import provisioned_org
