@@ -1,15 +1,63 @@
-"""Period arithmetic and credit consumption: the SQL the writer runs equals the Python rule."""
+"""Every billing rule's SQL twin equals its Python twin on the same cases, and the writers of
+the counter rows in different modules lock them in one order (no deadlock between them)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import text
 
+from biz2bricks_consumer.batching import build_batch
+from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import DatabaseManager
+from biz2bricks_core.allowance import (
+    allowance,
+    allowance_sql,
+    remaining,
+    remaining_sql,
+    token_reason,
+)
+from biz2bricks_core.counters import lock_counters_sql, lock_order
+from biz2bricks_core.counting import (
+    event_tokens,
+    event_tokens_sql,
+    is_unpriced,
+    unpriced_count_sql,
+    unpriced_sql,
+)
 from biz2bricks_core.credits import credits_after_period, credits_after_period_sql
-from biz2bricks_core.periods import period_bounds, period_end_sql, period_start_sql
+from biz2bricks_core.holds import reserved_after_settle, reserved_after_settle_sql
+from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.periods import (
+    counter_after_roll,
+    counter_after_roll_sql,
+    in_period,
+    in_period_sql,
+    period_bounds,
+    period_end_sql,
+    period_reading,
+    period_reading_sql,
+    period_start_after,
+    period_start_after_sql,
+    period_start_sql,
+)
+from biz2bricks_core.price_rows import load_price_book
+from biz2bricks_core.pricing import unpriced_reason, unpriced_reason_sql
+from biz2bricks_rollup.holds_reconcile import HoldState, repair_holds
+from biz2bricks_rollup.reconcile import Drift, repair
+from biz2bricks_rollup.reprice import reprice
+from tests.factories import (
+    assert_counter_derivable,
+    make_event,
+    message_for,
+    provisioned_org,
+    write_events,
+)
 
 MOMENTS = [
     datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
@@ -19,6 +67,14 @@ MOMENTS = [
     datetime(2025, 6, 15, 12, tzinfo=UTC),
     datetime.fromisoformat("2025-07-01T01:30:00+05:00"),  # still June in UTC
 ]
+LIMITS = (None, 0, 1_000, 100_000)
+TOKEN_COUNTS = (0, 1, 999, 1_000, 1_001, 50_000)
+
+
+async def sql_value(db: DatabaseManager, expression: str, params: dict[str, Any]) -> Any:
+    """Evaluate one SQL expression with bound parameters."""
+    async with db.engine.connect() as conn:
+        return (await conn.execute(text("SELECT " + expression), params)).scalar_one()
 
 
 async def test_period_bounds_in_sql_equal_period_bounds_in_python(db: DatabaseManager) -> None:
@@ -35,6 +91,127 @@ async def test_period_bounds_in_sql_equal_period_bounds_in_python(db: DatabaseMa
             assert (start, end) == period_bounds(at, unit), (at, unit)
 
 
+async def test_period_membership_in_sql_equals_python(db: DatabaseManager) -> None:
+    start, end = period_bounds(MOMENTS[4])
+    expression = in_period_sql(
+        "CAST(:at AS timestamptz)", "CAST(:start AS timestamptz)", "CAST(:end AS timestamptz)"
+    )
+    edges = [start - timedelta(microseconds=1), start, end - timedelta(microseconds=1), end]
+    for at in [*MOMENTS, *edges]:
+        params = {"at": at, "start": start, "end": end}
+        assert await sql_value(db, expression, params) is in_period(at, start, end), at
+    assert in_period(start, start, end)
+    assert not in_period(end, start, end)
+
+
+async def test_an_ended_period_reads_zero_in_sql_and_python(db: DatabaseManager) -> None:
+    end = datetime(2025, 7, 1, tzinfo=UTC)
+    expression = period_reading_sql(
+        "CAST(:v AS bigint)", "CAST(:end AS timestamptz)", "CAST(:now AS timestamptz)"
+    )
+    for value, now in itertools.product(
+        (0, 7, 10**12), (end - timedelta(microseconds=1), end, end + timedelta(days=40))
+    ):
+        params = {"v": value, "end": end, "now": now}
+        assert await sql_value(db, expression, params) == period_reading(value, end, now)
+    assert period_reading(7, end, end) == 0
+    assert period_reading(7, end, end - timedelta(seconds=1)) == 7
+
+
+async def test_the_period_a_batch_moves_the_counters_to_in_sql_equals_python(
+    db: DatabaseManager,
+) -> None:
+    expression = period_start_after_sql(
+        "CAST(:start AS timestamptz)",
+        "CAST(:end AS timestamptz)",
+        "CAST(:newest AS timestamptz)",
+        "CAST(:unit AS text)",
+    )
+    start, end = period_bounds(MOMENTS[4])
+    for newest, unit in itertools.product(
+        [*MOMENTS, end, end + timedelta(days=400)], ("month", "year")
+    ):
+        params = {"start": start, "end": end, "newest": newest, "unit": unit}
+        expected = period_start_after(start, end, newest, unit)
+        assert await sql_value(db, expression, params) == expected, params
+
+
+async def test_counters_restart_when_the_period_rolls_in_sql_and_python(
+    db: DatabaseManager,
+) -> None:
+    expression = counter_after_roll_sql(
+        "CAST(:v AS numeric)", "CAST(:same AS boolean)", "CAST(:added AS numeric)"
+    )
+    for value, same, added in itertools.product(
+        (Decimal(0), Decimal("12.5")), (True, False), (Decimal(0), Decimal(3))
+    ):
+        params = {"v": value, "same": same, "added": added}
+        assert await sql_value(db, expression, params) == counter_after_roll(value, same, added)  # type: ignore[arg-type]
+    assert counter_after_roll(10, False, 3) == 3
+
+
+async def test_allowance_and_remaining_in_sql_equal_python(db: DatabaseManager) -> None:
+    allowed = allowance_sql("CAST(:limit AS bigint)", "CAST(:credits AS bigint)")
+    left = remaining_sql(f"({allowed})", "CAST(:used AS bigint)", "CAST(:reserved AS bigint)")
+    for limit, credits, used, reserved in itertools.product(
+        LIMITS, (0, 500), TOKEN_COUNTS, (0, 300)
+    ):
+        params = {"limit": limit, "credits": credits, "used": used, "reserved": reserved}
+        expected_allowance = allowance(limit, credits)
+        assert await sql_value(db, allowed, params) == expected_allowance, params
+        expected_left = remaining(expected_allowance, used, reserved)
+        assert await sql_value(db, left, params) == expected_left, params
+    assert allowance(None, 10**9) is None
+
+
+async def test_the_token_limit_rule_in_the_database_equals_python(db: DatabaseManager) -> None:
+    # usage_token_reason is the function the hold functions call (its body: TOKEN_REASON_BODY)
+    expression = (
+        "usage_token_reason(CAST(:used AS bigint), CAST(:reserved AS bigint),"
+        " CAST(:estimate AS bigint), CAST(:allowance AS bigint), CAST(:soft AS boolean))"
+    )
+    for used, reserved, estimate, allowed, soft in itertools.product(
+        (0, 900, 1_000), (0, 100), (0, 1, 101), LIMITS, (False, True)
+    ):
+        params = {
+            "used": used,
+            "reserved": reserved,
+            "estimate": estimate,
+            "allowance": allowed,
+            "soft": soft,
+        }
+        expected = token_reason(used, reserved, estimate, allowed, soft)
+        assert await sql_value(db, expression, params) == expected, params
+
+
+async def test_event_tokens_and_unpriced_in_sql_equal_python(db: DatabaseManager) -> None:
+    tokens = event_tokens_sql("CAST(:i AS bigint)", "CAST(:o AS bigint)")
+    unpriced = unpriced_sql("CAST(:cost AS numeric)")
+    for i, o, cost in itertools.product((0, 1, 10**10), (0, 7), (None, Decimal(0), Decimal("1.5"))):
+        params = {"i": i, "o": o, "cost": cost}
+        assert await sql_value(db, tokens, params) == event_tokens(i, o)
+        assert await sql_value(db, unpriced, params) is is_unpriced(cost)
+    # A $0 event is priced: only an unknown cost is unpriced.
+    assert not is_unpriced(Decimal(0))
+
+
+async def test_unpriced_count_of_a_group_in_sql_equals_python(db: DatabaseManager) -> None:
+    costs: list[Decimal | None] = [None, Decimal(0), Decimal("2"), None, None]
+    expression = f"{unpriced_count_sql('c')} FROM unnest(CAST(:costs AS numeric[])) AS t(c)"
+    assert await sql_value(db, expression, {"costs": costs}) == sum(map(is_unpriced, costs))
+
+
+async def test_unpriced_reason_in_sql_equals_python(db: DatabaseManager) -> None:
+    expression = unpriced_reason_sql("CAST(:pricing_id AS integer)", "CAST(:reason AS text)")
+    for pricing_id, reason in itertools.product(
+        (None, 1), (None, "unknown_model", "no_price_at_time")
+    ):
+        params = {"pricing_id": pricing_id, "reason": reason}
+        expected = unpriced_reason(pricing_id, reason)
+        assert await sql_value(db, expression, params) == expected, params
+    assert unpriced_reason(None, None) == "no_price_row"
+
+
 async def test_credit_consumption_in_sql_equals_the_python_rule(db: DatabaseManager) -> None:
     statement = text(
         "SELECT "
@@ -48,3 +225,57 @@ async def test_credit_consumption_in_sql_equals_the_python_rule(db: DatabaseMana
             params = {"credits": credits, "used": used, "limit": limit}
             sql = (await conn.execute(statement, params)).scalar_one()
             assert sql == credits_after_period(credits, used, limit), params
+
+
+async def test_hold_settlement_arithmetic_in_sql_equals_python(db: DatabaseManager) -> None:
+    expression = reserved_after_settle_sql("CAST(:reserved AS bigint)", "CAST(:settled AS bigint)")
+    for reserved, settled in itertools.product((0, 100, 5_000), (None, 0, 100, 6_000)):
+        params = {"reserved": reserved, "settled": settled}
+        expected = reserved_after_settle(reserved, settled)
+        assert await sql_value(db, expression, params) == expected, params
+
+
+async def test_the_lock_order_in_sql_equals_python(db: DatabaseManager) -> None:
+    # Given organizations whose ids differ in every byte position (uuid compares by bytes)
+    orgs = [await provisioned_org(db) for _ in range(12)]
+    orgs += [uuid.UUID(int=1 << shift) for shift in range(0, 128, 8)]  # not provisioned
+    # When the locking query runs on them in a scrambled order
+    async with db.engine.begin() as conn:
+        locked = (
+            await conn.execute(
+                text(lock_counters_sql("SELECT unnest(CAST(:orgs AS uuid[]))")),
+                {"orgs": list(reversed(orgs)) + orgs[:3]},
+            )
+        ).scalars()
+        # Then it locks the provisioned ones, once each, in lock_order's order
+        assert list(locked) == [o for o in lock_order(orgs) if o in orgs[:12]]
+
+
+async def test_writers_of_the_counters_in_different_modules_never_deadlock(
+    db: DatabaseManager,
+) -> None:
+    # Given organizations with usage, and the consumer's batches touching them in both orders
+    orgs = [await provisioned_org(db) for _ in range(8)]
+    book_batches = []
+    for i in range(6):
+        order = orgs if i % 2 else list(reversed(orgs))
+        book_batches.append(
+            build_batch(message_for(make_event(o, input_tokens=10 + i)) for o in order)
+        )
+    await write_events(db, [make_event(o) for o in orgs])
+    book = await load_price_book(db, ModelNames())
+    writer = BatchWriter(db, lambda: book)
+    reversed_orgs = list(reversed(orgs))
+    drifts = [Drift(o, 0, 0, Decimal(0), Decimal(0), 0, None) for o in reversed_orgs]
+    holds = [HoldState(o, 0, 0, 0, 0) for o in reversed_orgs]
+    today = datetime.now(UTC).date()
+    # When the consumer, reconcile, the holds repair and reprice write them all at once
+    work = [writer.write(b) for b in book_batches]
+    for _ in range(3):
+        work += [repair(db, drifts), repair_holds(db, holds)]
+    work.append(reprice(db, first=today - timedelta(days=1), last=today, batch_size=3))
+    results = await asyncio.gather(*work, return_exceptions=True)
+    # Then none failed (a deadlock would raise in one of them) and the counters are exact
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    for org in orgs:
+        await assert_counter_derivable(db, org)

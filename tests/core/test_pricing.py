@@ -60,9 +60,9 @@ def test_the_price_in_force_at_the_time_of_the_call_is_used() -> None:
     old = TokenPrice("openai", "gpt-4o", T0, Decimal(5), Decimal(15), id=1)
     new = TokenPrice("openai", "gpt-4o", T1, Decimal("2.5"), Decimal(10), id=2)
     book = PriceBook.from_prices([new, old])
-    assert book.price_at("openai", "gpt-4o", datetime(2025, 5, 31, tzinfo=UTC)) is old
-    assert book.price_at("openai", "gpt-4o", T1) is new
-    assert book.price_at("openai", "gpt-4o", datetime(2023, 1, 1, tzinfo=UTC)) is None
+    assert book.lookup("openai", "gpt-4o", datetime(2025, 5, 31, tzinfo=UTC)).price is old
+    assert book.lookup("openai", "gpt-4o", T1).price is new
+    assert book.lookup("openai", "gpt-4o", datetime(2023, 1, 1, tzinfo=UTC)).price is None
 
 
 def test_without_a_resolver_only_the_exact_name_is_priced() -> None:
@@ -70,10 +70,10 @@ def test_without_a_resolver_only_the_exact_name_is_priced() -> None:
     # and gpt-5.1-codex-mini as gpt-5.1: a variant never takes its base model's price.
     base = TokenPrice("openai", "gpt-4o", T0, Decimal(1), Decimal(1))
     book = PriceBook.from_prices([base])
-    assert book.price_at("openai", "gpt-4o", T1) is base
-    assert book.price_at("openai", "gpt-4o-2024-05-13", T1) is None
+    assert book.lookup("openai", "gpt-4o", T1).price is base
+    assert book.lookup("openai", "gpt-4o-2024-05-13", T1).price is None
     assert book.lookup("openai", "gpt-4o-2024-05-13", T1).reason == "unknown_model"
-    assert book.price_at("anthropic", "gpt-4o", T1) is None
+    assert book.lookup("anthropic", "gpt-4o", T1).price is None
 
 
 def test_a_time_of_day_price_applies_in_its_window_only() -> None:
@@ -90,10 +90,14 @@ def test_a_time_of_day_price_applies_in_its_window_only() -> None:
     )
     book = PriceBook.from_prices([off_peak, peak])
     day = datetime(2025, 3, 3, tzinfo=UTC)
-    assert book.price_at("deepseek", "deepseek-chat", day.replace(hour=0, minute=29)) is off_peak
-    assert book.price_at("deepseek", "deepseek-chat", day.replace(hour=0, minute=30)) is peak
-    assert book.price_at("deepseek", "deepseek-chat", day.replace(hour=16, minute=29)) is peak
-    assert book.price_at("deepseek", "deepseek-chat", day.replace(hour=16, minute=30)) is off_peak
+    assert (
+        book.lookup("deepseek", "deepseek-chat", day.replace(hour=0, minute=29)).price is off_peak
+    )
+    assert book.lookup("deepseek", "deepseek-chat", day.replace(hour=0, minute=30)).price is peak
+    assert book.lookup("deepseek", "deepseek-chat", day.replace(hour=16, minute=29)).price is peak
+    assert (
+        book.lookup("deepseek", "deepseek-chat", day.replace(hour=16, minute=30)).price is off_peak
+    )
 
 
 def test_a_daily_window_may_wrap_past_midnight() -> None:
@@ -102,9 +106,9 @@ def test_a_daily_window_may_wrap_past_midnight() -> None:
     )
     day_price = TokenPrice("p", "m", T0, Decimal(2), Decimal(2))
     book = PriceBook.from_prices([night, day_price])
-    assert book.price_at("p", "m", datetime(2025, 3, 3, 23, 0, tzinfo=UTC)) is night
-    assert book.price_at("p", "m", datetime(2025, 3, 4, 1, 59, tzinfo=UTC)) is night
-    assert book.price_at("p", "m", datetime(2025, 3, 4, 2, 0, tzinfo=UTC)) is day_price
+    assert book.lookup("p", "m", datetime(2025, 3, 3, 23, 0, tzinfo=UTC)).price is night
+    assert book.lookup("p", "m", datetime(2025, 3, 4, 1, 59, tzinfo=UTC)).price is night
+    assert book.lookup("p", "m", datetime(2025, 3, 4, 2, 0, tzinfo=UTC)).price is day_price
 
 
 def test_long_context_tier_is_chosen_by_the_calls_input_size() -> None:
@@ -118,16 +122,16 @@ def test_long_context_tier_is_chosen_by_the_calls_input_size() -> None:
         above_input_tokens=200_000,
     )
     book = PriceBook.from_prices([long, base])
-    assert book.price_at("anthropic", "claude-sonnet-4-5", T1, 200_000) is base
-    assert book.price_at("anthropic", "claude-sonnet-4-5", T1, 200_001) is long
+    assert book.lookup("anthropic", "claude-sonnet-4-5", T1, 200_000).price is base
+    assert book.lookup("anthropic", "claude-sonnet-4-5", T1, 200_001).price is long
 
 
 def test_an_operator_row_wins_over_the_catalogue_row() -> None:
     catalogue = TokenPrice("openai", "gpt-4o", T0, Decimal("2.5"), Decimal(10))
     negotiated = TokenPrice("openai", "gpt-4o", T1, Decimal(2), Decimal(8), origin="operator")
     book = PriceBook.from_prices([catalogue, negotiated])
-    assert book.price_at("openai", "gpt-4o", datetime(2025, 1, 1, tzinfo=UTC)) is catalogue
-    assert book.price_at("openai", "gpt-4o", T1) is negotiated
+    assert book.lookup("openai", "gpt-4o", datetime(2025, 1, 1, tzinfo=UTC)).price is catalogue
+    assert book.lookup("openai", "gpt-4o", T1).price is negotiated
 
 
 def test_one_hour_cache_writes_are_priced_apart_from_five_minute_writes() -> None:

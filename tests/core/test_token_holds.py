@@ -20,7 +20,8 @@ from biz2bricks_core import (
     UsageService,
     UsageServiceSettings,
 )
-from biz2bricks_core.holds import FUNCTION_BODIES, token_reason
+from biz2bricks_core.allowance import token_reason
+from biz2bricks_core.holds import FUNCTION_BODIES
 from biz2bricks_core.periods import period_bounds
 from tests.factories import assert_counter_derivable, counters, provisioned_org, use_tokens
 

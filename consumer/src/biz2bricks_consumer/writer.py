@@ -37,12 +37,20 @@ from biz2bricks_consumer.batching import (
     storable_attributes,
 )
 from biz2bricks_core.alerts import insert_alerts_sql
+from biz2bricks_core.allowance import allowance_sql
+from biz2bricks_core.counters import lock_counters_sql
+from biz2bricks_core.counting import event_tokens_sql, unpriced_sql
 from biz2bricks_core.credits import credits_after_period_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.events import UsageEvent
 from biz2bricks_core.holds import reserved_after_settle_sql, settle_holds_sql
-from biz2bricks_core.periods import period_end_sql, period_start_sql
-from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
+from biz2bricks_core.periods import (
+    counter_after_roll_sql,
+    in_period_sql,
+    period_end_sql,
+    period_start_after_sql,
+)
+from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql, unpriced_reason_sql
 
 # Statements run on the asyncpg connection under a pooled SQLAlchemy one: SQLAlchemy's
 # execute and result layers cost ~1 ms per batch here, a fifth of the batch's write time.
@@ -50,8 +58,22 @@ from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
 # it once for any batch (a generic plan). Forcing a plan per batch (plan_cache_mode) was
 # measured slower in every case: 0.62 against 0.68x raw at 1,000 events per batch, and at 250
 # events with holds 0.16 against 0.54x (the per-batch plan scanned the holds table).
+#
+# The statement re-writes no billing rule: each is composed from its home in biz2bricks_core
+# (periods, allowance, counting, credits, holds, alerts, pricing, the counters' lock order).
+LOCK = lock_counters_sql(
+    "SELECT organization_id FROM input",
+    "l.organization_id, l.period_start, l.period_end, l.period_unit, l.tokens_used_period",
+)
 PERIOD_END = period_end_sql("o.new_start", "o.period_unit")
-NEW_START = period_start_sql("max(i.occurred_at)", "l.period_unit")
+NEW_START = period_start_after_sql(
+    "l.period_start", "l.period_end", "max(i.occurred_at)", "l.period_unit"
+)
+COUNTED = in_period_sql("i.occurred_at", "t.new_start", "t.new_end")
+SAME_PERIOD = "t.new_start = u.period_start"
+ROLLED_TOKENS = counter_after_roll_sql("u.tokens_used_period", SAME_PERIOD, "s.tokens")
+ROLLED_COST = counter_after_roll_sql("u.cost_usd_period", SAME_PERIOD, "s.cost")
+ROLLED_UNPRICED = counter_after_roll_sql("u.unpriced_events_period", SAME_PERIOD, "s.unpriced")
 CREDITS_AT_ROLL = credits_after_period_sql(
     "u.credits_tokens", "u.tokens_used_period", "u.token_limit"
 )
@@ -111,12 +133,7 @@ locked AS MATERIALIZED (
     -- The batch's counter rows, locked in organization-id order so that replicas writing
     -- batches of the same organizations cannot deadlock. FOR UPDATE returns the newest
     -- committed version of each row: everything below reads the counters from here.
-    SELECT l.organization_id, l.period_start, l.period_end, l.period_unit,
-        l.tokens_used_period
-    FROM usage_limits l
-    WHERE l.organization_id IN (SELECT organization_id FROM input)
-    ORDER BY l.organization_id
-    FOR UPDATE
+    {LOCK}
 ),
 inserted AS (
     -- Only events of provisioned (locked) organizations; the others become rejects.
@@ -129,15 +146,15 @@ inserted AS (
         i.cache_write_1h_tokens,
         -- NULL without a price row: an unknown cost is never stored as 0.
         {cost_sql("i", "p")},
-        p.id, CASE WHEN p.id IS NULL THEN coalesce(i.unpriced_reason, '{NO_PRICE_ROW}') END,
+        p.id, {unpriced_reason_sql("p.id", "i.unpriced_reason")},
         i.operation, i.request_id, i.metadata, i.reservation_id
     -- $2: the batch's distinct price rows, so only those are read (by primary key).
     FROM input i JOIN locked USING (organization_id)
         LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($2::integer[])) p
         ON p.id = i.pricing_id
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id, organization_id, occurred_at, input_tokens + output_tokens AS tokens,
-        cost_usd, reservation_id
+    RETURNING event_id, organization_id, occurred_at,
+        {event_tokens_sql("input_tokens", "output_tokens")} AS tokens, cost_usd, reservation_id
 ),
 settled AS (
     -- Only events this statement inserted settle: a redelivery settles nothing twice.
@@ -147,11 +164,10 @@ target AS (
     -- Per organization: the period its counters belong to after this batch and that
     -- period's usage before the batch.
     SELECT o.*, {PERIOD_END} AS new_end,
-        CASE WHEN o.new_start = o.old_start THEN o.old_tokens ELSE 0 END AS before_tokens
+        {counter_after_roll_sql("o.old_tokens", "o.new_start = o.old_start", "0")} AS before_tokens
     FROM (
         SELECT l.organization_id, count(*) AS inserted,
-            CASE WHEN max(i.occurred_at) >= l.period_end
-                THEN {NEW_START} ELSE l.period_start END AS new_start,
+            {NEW_START} AS new_start,
             l.period_unit, l.period_start AS old_start, l.tokens_used_period AS old_tokens
         FROM locked l JOIN inserted i USING (organization_id)
         GROUP BY l.organization_id, l.period_start, l.period_end, l.period_unit,
@@ -164,7 +180,7 @@ sums AS (
     SELECT t.organization_id,
         coalesce(sum(i.tokens) FILTER (WHERE c.counted), 0) AS tokens,
         coalesce(sum(i.cost_usd) FILTER (WHERE c.counted), 0) AS cost,
-        count(*) FILTER (WHERE c.counted AND i.cost_usd IS NULL) AS unpriced,
+        count(*) FILTER (WHERE c.counted AND {unpriced_sql("i.cost_usd")}) AS unpriced,
         sum(i.tokens) FILTER (WHERE i.held) AS held_tokens,
         count(*) FILTER (WHERE i.held) AS holds
     FROM target t JOIN (
@@ -172,21 +188,21 @@ sums AS (
         UNION ALL
         SELECT organization_id, NULL, tokens, NULL, true FROM settled
     ) i USING (organization_id)
-    CROSS JOIN LATERAL (SELECT NOT i.held AND i.occurred_at >= t.new_start
-        AND i.occurred_at < t.new_end AS counted) c
+    CROSS JOIN LATERAL (SELECT NOT i.held AND {COUNTED} AS counted) c
     GROUP BY t.organization_id
 ),
 updated AS (
     UPDATE usage_limits u SET
         -- Credits pay for what the finished period used beyond the plan, once, at the roll.
-        credits_tokens = CASE WHEN t.new_start = u.period_start THEN u.credits_tokens
+        credits_tokens = CASE WHEN {SAME_PERIOD} THEN u.credits_tokens
             ELSE {CREDITS_AT_ROLL} END,
-        tokens_used_period = CASE WHEN t.new_start = u.period_start
-            THEN u.tokens_used_period ELSE 0 END + s.tokens,
-        cost_usd_period = CASE WHEN t.new_start = u.period_start
-            THEN u.cost_usd_period ELSE 0 END + s.cost,
-        unpriced_events_period = CASE WHEN t.new_start = u.period_start
-            THEN u.unpriced_events_period ELSE 0 END + s.unpriced,
+        tokens_used_period = {
+    counter_after_roll_sql("u.tokens_used_period", SAME_PERIOD, "s.tokens")
+},
+        cost_usd_period = {counter_after_roll_sql("u.cost_usd_period", SAME_PERIOD, "s.cost")},
+        unpriced_events_period = {
+    counter_after_roll_sql("u.unpriced_events_period", SAME_PERIOD, "s.unpriced")
+},
         tokens_reserved = {RESERVED_AFTER_SETTLE},
         period_start = t.new_start,
         period_end = t.new_end,
@@ -194,7 +210,8 @@ updated AS (
     FROM target t JOIN sums s USING (organization_id)
     WHERE u.organization_id = t.organization_id
     RETURNING u.organization_id, u.plan, u.period_start, t.before_tokens,
-        u.tokens_used_period AS after_tokens, u.token_limit + u.credits_tokens AS allowance,
+        u.tokens_used_period AS after_tokens,
+        {allowance_sql("u.token_limit", "u.credits_tokens")} AS allowance,
         t.inserted, s.unpriced, s.holds
 ),
 alerted AS (

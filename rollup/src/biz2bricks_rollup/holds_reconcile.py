@@ -19,6 +19,7 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text
 
 from biz2bricks_core.config import Settings
+from biz2bricks_core.counters import lock_counters_sql
 from biz2bricks_core.database import DatabaseManager
 
 HOLDS = """
@@ -38,10 +39,7 @@ ORDER BY l.organization_id
 """
 NOTABLE = "l.tokens_reserved <> coalesce(h.live_tokens, 0) OR coalesce(h.expired_holds, 0) > 0"
 FIND = text(HOLDS.format(where=NOTABLE))
-LOCK = text(
-    "SELECT organization_id FROM usage_limits WHERE organization_id = ANY(:orgs)"
-    " ORDER BY organization_id FOR UPDATE"
-)
+LOCK = text(lock_counters_sql("SELECT unnest(CAST(:orgs AS uuid[]))"))
 SWEEP = text(
     "UPDATE usage_token_holds SET state = 'expired', ended_at = now()"
     " WHERE organization_id = ANY(:orgs) AND state = 'live' AND expires_at <= now()"

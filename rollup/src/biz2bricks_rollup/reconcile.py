@@ -21,9 +21,12 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
+from biz2bricks_core.counters import lock_counters_sql
+from biz2bricks_core.counting import event_tokens_sql, unpriced_count_sql
 from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.periods import in_period_sql
 
-EXPECTED = """
+EXPECTED = f"""
 SELECT l.organization_id,
     l.tokens_used_period, coalesce(e.tokens, 0) AS expected_tokens,
     l.cost_usd_period, coalesce(e.cost, 0) AS expected_cost,
@@ -32,15 +35,15 @@ SELECT l.organization_id,
     CASE WHEN d.derivable THEN coalesce(d.bytes, 0) END AS expected_storage
 FROM usage_limits l
 LEFT JOIN LATERAL (
-    SELECT sum(input_tokens + output_tokens) AS tokens, sum(cost_usd) AS cost,
-        count(*) - count(cost_usd) AS unpriced
+    SELECT sum({event_tokens_sql("input_tokens", "output_tokens")}) AS tokens,
+        sum(cost_usd) AS cost, {unpriced_count_sql("cost_usd")} AS unpriced
     FROM usage_events ev WHERE ev.organization_id = l.organization_id
-        AND ev.occurred_at >= l.period_start AND ev.occurred_at < l.period_end) e ON true
+        AND {in_period_sql("ev.occurred_at", "l.period_start", "l.period_end")}) e ON true
 LEFT JOIN LATERAL (
     SELECT sum(size_bytes) FILTER (WHERE doc.deleted_at IS NULL) AS bytes,
         count(*) > 0 AS derivable
     FROM documents doc WHERE doc.organization_id = l.organization_id) d ON true
-WHERE {where}
+WHERE {{where}}
 ORDER BY l.organization_id
 """
 # Storage counts as drift only where documents rows make it derivable (the module docstring).
@@ -57,10 +60,7 @@ RESERVED_ONLY = text(
     " AND NOT EXISTS (SELECT 1 FROM documents doc WHERE doc.organization_id = l.organization_id)"
     " ORDER BY l.organization_id"
 )
-LOCK = text(
-    "SELECT organization_id FROM usage_limits WHERE organization_id = ANY(:orgs)"
-    " ORDER BY organization_id FOR UPDATE"
-)
+LOCK = text(lock_counters_sql("SELECT unnest(CAST(:orgs AS uuid[]))"))
 REPAIR = text(
     "UPDATE usage_limits SET tokens_used_period = :tokens, cost_usd_period = :cost,"
     " unpriced_events_period = :unpriced,"

@@ -21,10 +21,13 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Final
 
+from biz2bricks_core.counters import lock_counters_sql, lock_order
+from biz2bricks_core.counting import is_unpriced
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.periods import in_period
 from biz2bricks_core.price_rows import load_price_book
-from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql
+from biz2bricks_core.pricing import PriceBook, cost_sql, unpriced_reason_sql
 from biz2bricks_rollup.rollup import day_bounds, run_rollup
 
 BATCH_SIZE: Final = 1_000
@@ -47,7 +50,7 @@ changes AS (
     SELECT e.event_id, e.organization_id, e.occurred_at, e.provider, e.model,
         e.cost_usd AS old_cost, e.pricing_id AS old_pricing_id, e.unpriced_reason AS old_reason,
         {cost_sql("e", "p")} AS new_cost, p.id AS new_pricing_id,
-        CASE WHEN p.id IS NULL THEN coalesce(v.reason, '{NO_PRICE_ROW}') END AS new_reason
+        {unpriced_reason_sql("p.id", "v.reason")} AS new_reason
     FROM v JOIN usage_events e USING (event_id)
     LEFT JOIN model_pricing p ON p.id = v.pricing_id
 )
@@ -71,9 +74,8 @@ updated AS (
 SELECT d.* FROM different d JOIN updated u USING (event_id)
 """
 )
-LOCK_ORGS = (
-    "SELECT organization_id, period_start, period_end FROM usage_limits"
-    " WHERE organization_id = ANY($1::uuid[]) ORDER BY organization_id FOR UPDATE"
+LOCK_ORGS = lock_counters_sql(
+    "SELECT unnest($1::uuid[])", "l.organization_id, l.period_start, l.period_end"
 )
 MOVE_COUNTERS = (
     "UPDATE usage_limits u SET cost_usd_period = u.cost_usd_period + d.cost,"
@@ -192,18 +194,20 @@ async def reprice(
 async def _apply(conn: Any, rows: Sequence[Any], params: tuple[Any, ...]) -> list[Any]:
     """One short transaction: lock the organizations, update events, move the counters."""
     async with conn.transaction():
-        orgs = sorted({r["organization_id"] for r in rows})
+        orgs = lock_order(r["organization_id"] for r in rows)
         periods = {r[0]: (r[1], r[2]) for r in await conn.fetch(LOCK_ORGS, orgs)}
         changed = list(await conn.fetch(APPLY, *params))
         cost: dict[uuid.UUID, Decimal] = {}
         unpriced: dict[uuid.UUID, int] = {}
         for c in changed:
             period = periods.get(c["organization_id"])
-            if period is None or not period[0] <= c["occurred_at"] < period[1]:
+            if period is None or not in_period(c["occurred_at"], *period):
                 continue  # another period: its counters are history
             org = c["organization_id"]
             cost[org] = cost.get(org, Decimal(0)) + (c["new_cost"] or 0) - (c["old_cost"] or 0)
-            unpriced[org] = unpriced.get(org, 0) + (c["new_cost"] is None) - (c["old_cost"] is None)
+            unpriced[org] = (
+                unpriced.get(org, 0) + is_unpriced(c["new_cost"]) - is_unpriced(c["old_cost"])
+            )
         if cost:
             moved = sorted(cost)
             await conn.execute(

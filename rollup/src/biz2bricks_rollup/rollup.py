@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from biz2bricks_core.counting import unpriced_count_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import Biz2BricksError
 
@@ -31,13 +32,13 @@ LOCK_KEY = 0x62327262_726F6C6C  # "b2rb" "roll": the rollup's advisory lock
 LATE_MARGIN = timedelta(minutes=5)
 
 ROLLUP_DAY = text(
-    """
+    f"""
 WITH agg AS (
     SELECT organization_id, provider, model, count(*) AS request_count,
         sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
         sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
         -- The cost of the priced events; unpriced_count says how many it leaves out.
-        coalesce(sum(cost_usd), 0) AS cost_usd, count(*) - count(cost_usd) AS unpriced_count
+        coalesce(sum(cost_usd), 0) AS cost_usd, {unpriced_count_sql("cost_usd")} AS unpriced_count
     FROM usage_events
     WHERE occurred_at >= :start AND occurred_at < :end
     GROUP BY organization_id, provider, model

@@ -18,7 +18,6 @@ from typing import Any, Final
 __all__ = [
     "ALERT_BODY_KEYS",
     "CROSSED",
-    "DEFAULT_THRESHOLDS_PCT",
     "MARK_PUBLISHED",
     "PENDING_ALERTS",
     "alert_message",
@@ -26,7 +25,6 @@ __all__ = [
     "insert_alerts_sql",
 ]
 
-DEFAULT_THRESHOLDS_PCT: Final = (50, 80, 100)
 ALERT_BODY_KEYS: Final = (
     "id",
     "organization_id",

@@ -10,9 +10,10 @@ Every writer locks the organization's ``usage_limits`` row first and the hold ro
 (the consumer's batch does the same), so they serialize per organization and cannot deadlock;
 each statement of the PL/pgSQL functions then sees everything committed before the lock.
 
-The token-limit rule (``token_reason``) has its SQL twin ``usage_token_reason`` here too, and
-the functions below are created by migration 0005 from a frozen copy of this text: a test
-checks that the database runs exactly these bodies and that both rules agree.
+The functions below compose the rules of biz2bricks_core.periods (an ended period reads 0) and
+biz2bricks_core.allowance (the allowance and the token-limit rule, whose SQL twin is the
+function ``usage_token_reason``); migration 0005 created them from a frozen copy of this text,
+and a test checks that the database runs exactly these bodies.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+
+from biz2bricks_core.allowance import TOKEN_REASON_BODY, allowance_sql, remaining
+from biz2bricks_core.periods import period_reading_sql
 
 __all__ = [
     "FUNCTION_BODIES",
@@ -31,34 +35,22 @@ __all__ = [
     "TokenHold",
     "function_ddl",
     "hold_from_row",
+    "reserved_after_settle",
     "reserved_after_settle_sql",
     "settle_holds_sql",
-    "token_reason",
 ]
 
 MAX_HOLD_TTL_S: Final = 7 * 24 * 3600.0
 
 
-def token_reason(
-    used: int, reserved: int, estimate: int, allowance: int | None, soft_limit: bool
-) -> str:
-    """The token-limit rule: may a call of ``estimate`` tokens start? (SQL twin below.)"""
-    if allowance is None:
-        return "unlimited"
-    if used + reserved + estimate <= allowance:
-        return "ok"
-    return "soft_limit_exceeded" if soft_limit else "token_limit_exceeded"
+# Composed from the rules' SQL twins; the text is that of the functions migration 0005 installed
+# (a test compares the two), so a change to a rule here is a new migration.
+_USED = period_reading_sql("l.tokens_used_period", "l.period_end")
+_LIM_USED = period_reading_sql("lim.tokens_used_period", "lim.period_end")
+_ALLOWANCE = allowance_sql("l.token_limit", "l.credits_tokens")
+_LIM_ALLOWANCE = allowance_sql("lim.token_limit", "lim.credits_tokens")
 
-
-TOKEN_REASON_BODY: Final = """
-SELECT CASE
-    WHEN p_allowance IS NULL THEN 'unlimited'
-    WHEN p_used + p_reserved + p_estimate <= p_allowance THEN 'ok'
-    WHEN p_soft_limit THEN 'soft_limit_exceeded'
-    ELSE 'token_limit_exceeded' END
-"""
-
-RESERVE_BODY: Final = """
+RESERVE_BODY: Final = f"""
 #variable_conflict use_column
 DECLARE
     lim record;
@@ -78,11 +70,11 @@ BEGIN
     WHERE l.organization_id = p_org AND l.token_limit IS NOT NULL
         AND (l.holds_next_expiry IS NULL OR l.holds_next_expiry > now())
         AND usage_token_reason(
-            CASE WHEN now() >= l.period_end THEN 0 ELSE l.tokens_used_period END,
-            l.tokens_reserved, p_tokens, l.token_limit + l.credits_tokens, l.soft_limit
+            {_USED},
+            l.tokens_reserved, p_tokens, {_ALLOWANCE}, l.soft_limit
         ) <> 'token_limit_exceeded'
-    RETURNING CASE WHEN now() >= l.period_end THEN 0 ELSE l.tokens_used_period END AS used,
-        l.tokens_reserved AS reserved, l.token_limit + l.credits_tokens AS allowance,
+    RETURNING {_USED} AS used,
+        l.tokens_reserved AS reserved, {_ALLOWANCE} AS allowance,
         l.soft_limit AS soft_limit INTO lim;
     IF FOUND THEN
         INSERT INTO usage_token_holds (organization_id, tokens, expires_at)
@@ -99,7 +91,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    v_used := CASE WHEN now() >= lim.period_end THEN 0 ELSE lim.tokens_used_period END;
+    v_used := {_LIM_USED};
     IF lim.token_limit IS NULL THEN  -- unlimited: nothing to hold, no lock taken
         RETURN QUERY SELECT true, NULL::uuid, v_used, lim.tokens_reserved, NULL::bigint,
             'unlimited'::text, NULL::timestamptz, 0;
@@ -121,8 +113,8 @@ BEGIN
         WHERE h.organization_id = p_org AND h.state = 'live';
         v_reserved := greatest(v_reserved - v_expired_tokens, 0);
     END IF;
-    v_used := CASE WHEN now() >= lim.period_end THEN 0 ELSE lim.tokens_used_period END;
-    v_allowance := lim.token_limit + lim.credits_tokens;
+    v_used := {_LIM_USED};
+    v_allowance := {_LIM_ALLOWANCE};
     v_reason := usage_token_reason(v_used, v_reserved, p_tokens, v_allowance, lim.soft_limit);
     IF v_reason = 'token_limit_exceeded' THEN
         IF v_expired > 0 THEN
@@ -237,8 +229,13 @@ def settle_holds_sql(new_events: str) -> str:
     )
 
 
+def reserved_after_settle(reserved: int, settled: int | None) -> int:
+    """``tokens_reserved`` after holds of ``settled`` tokens (None: none) were settled."""
+    return max(reserved - (settled or 0), 0)
+
+
 def reserved_after_settle_sql(reserved: str, settled: str) -> str:
-    """``tokens_reserved`` after holds of ``settled`` tokens (NULL: none) were settled."""
+    """SQL twin of ``reserved_after_settle``."""
     return f"greatest({reserved} - coalesce({settled}, 0), 0)"
 
 
@@ -264,14 +261,13 @@ class TokenHold:
 def hold_from_row(row: Any) -> TokenHold:
     """Build a TokenHold from a row of ``usage_reserve_tokens``."""
     used, reserved, allowance = int(row["used"]), int(row["reserved"]), row["allowance"]
-    remaining = None if allowance is None else max(int(allowance) - used - reserved, 0)
     return TokenHold(
         allowed=bool(row["allowed"]),
         reservation_id=row["reservation_id"],
         used=used,
         reserved=reserved,
         limit=None if allowance is None else int(allowance),
-        remaining=remaining,
+        remaining=remaining(None if allowance is None else int(allowance), used, reserved),
         reason=row["reason"],
         expires_at=row["expires_at"],
     )

@@ -1,8 +1,11 @@
 """Cost of an LLM call from one ``model_pricing`` row: the arithmetic and the tier choice.
 
-This module is the one home of both rules. ``event_cost`` is the Python arithmetic and
+This module is the one home of these rules. ``event_cost`` is the Python arithmetic and
 ``cost_sql`` its SQL twin, which the consumer's writer and the reprice command run in the
-database; ``tests/core/test_pricing_sql.py`` runs both on the same cases.
+database; ``tests/core/test_pricing_sql.py`` runs both on the same cases. ``unpriced_reason``
+(why an event has no cost) has its twin too (tests/core/test_billing_rules_sql.py). The tier
+(``choose_tier``) and the row in force are chosen in Python only (``PriceBook.lookup``): the
+SQL receives the chosen row's id and never chooses one.
 
 How a call is billed, as the providers bill it and as ``genai-prices`` computes it:
 
@@ -39,6 +42,8 @@ __all__ = [
     "choose_tier",
     "cost_sql",
     "event_cost",
+    "unpriced_reason",
+    "unpriced_reason_sql",
 ]
 
 ONE_MILLION: Final = Decimal(1_000_000)
@@ -147,6 +152,17 @@ def cost_sql(event: str, price: str) -> str:
         + {e}.cache_write_1h_tokens * coalesce({p}.cache_write_1h_per_mtok, 0)
         + {e}.output_tokens * {p}.output_per_mtok
     ) / 1000000 + coalesce({p}.per_request_usd, 0)"""
+
+
+def unpriced_reason(pricing_id: int | None, reason: str | None) -> str | None:
+    """Why a stored event has no cost: None when a price row priced it, else the reason the
+    lookup gave (``no_price_row`` when it gave none)."""
+    return None if pricing_id is not None else (reason or NO_PRICE_ROW)
+
+
+def unpriced_reason_sql(pricing_id: str, reason: str) -> str:
+    """SQL twin of ``unpriced_reason``."""
+    return f"CASE WHEN {pricing_id} IS NULL THEN coalesce({reason}, '{NO_PRICE_ROW}') END"
 
 
 def choose_tier(tiers: list[TokenPrice], input_tokens: int) -> TokenPrice:
@@ -288,9 +304,3 @@ class PriceBook:
             if price is not None:
                 return PriceLookup(price)
         return PriceLookup(None, reason)
-
-    def price_at(
-        self, provider: str, model: str, at: datetime, input_tokens: int = 0
-    ) -> TokenPrice | None:
-        """The row pricing the call, or None (``lookup`` also says why)."""
-        return self.lookup(provider, model, at, input_tokens).price

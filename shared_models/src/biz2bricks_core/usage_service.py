@@ -18,6 +18,7 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text
 
 from biz2bricks_core._provisioning import provision
+from biz2bricks_core.allowance import allowance, remaining, token_reason
 from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
 from biz2bricks_core.errors import (
@@ -31,8 +32,8 @@ from biz2bricks_core.holds import (
     RESERVE,
     TokenHold,
     hold_from_row,
-    token_reason,
 )
+from biz2bricks_core.periods import period_reading, period_reading_sql
 
 __all__ = [
     "DATABASE_DOWN_ERRORS",
@@ -76,6 +77,14 @@ _RELEASE = (
     "   jsonb_build_object('bytes', $2::bigint, 'used_after', storage_used_bytes)"
     "   FROM changed)"
     " SELECT storage_used_bytes FROM changed"
+)
+_SNAPSHOT = (
+    "SELECT plan, period_start, period_end, token_limit, credits_tokens,"
+    f" {period_reading_sql('tokens_used_period', 'period_end')} AS tokens,"
+    f" {period_reading_sql('cost_usd_period', 'period_end')} AS cost,"
+    f" {period_reading_sql('unpriced_events_period', 'period_end')} AS unpriced,"
+    " storage_used_bytes, storage_limit_bytes, counters_updated_at"
+    " FROM usage_limits WHERE organization_id = :org"
 )
 _STORAGE_STATE = (
     "SELECT storage_used_bytes, storage_limit_bytes FROM usage_limits WHERE organization_id = $1"
@@ -349,16 +358,7 @@ class UsageService:
         async with self.db.unavailable_as_error(), self.db.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    text(
-                        "SELECT plan, period_start, period_end, token_limit, credits_tokens,"
-                        " CASE WHEN now() >= period_end THEN 0"
-                        " ELSE tokens_used_period END AS tokens,"
-                        " CASE WHEN now() >= period_end THEN 0 ELSE cost_usd_period END AS cost,"
-                        " CASE WHEN now() >= period_end THEN 0"
-                        " ELSE unpriced_events_period END AS unpriced,"
-                        " storage_used_bytes, storage_limit_bytes, counters_updated_at"
-                        " FROM usage_limits WHERE organization_id = :org"
-                    ),
+                    text(_SNAPSHOT),
                     {"org": org},
                 )
             ).first()
@@ -384,15 +384,14 @@ class UsageService:
 def token_decision(row: Any, estimated_tokens: int) -> LimitDecision:
     """Decide a token check from a usage_limits row and its live holds (pure: no I/O)."""
     now: datetime = row["now"]
-    period_over = now >= row["period_end"]
-    used = 0 if period_over else int(row["tokens_used_period"])
+    used = period_reading(int(row["tokens_used_period"]), row["period_end"], now)
     reserved = int(row["reserved"])
     updated = row["counters_updated_at"]
     age = None if updated is None else max((now - updated).total_seconds(), 0.0)
     common = {"period_end": row["period_end"], "counters_updated_at": updated, "counter_age_s": age}
     limit = row["token_limit"]
-    allowance = None if limit is None else int(limit) + int(row["credits_tokens"])
-    reason = token_reason(used, reserved, estimated_tokens, allowance, bool(row["soft_limit"]))
-    remaining = None if allowance is None else max(allowance - used - reserved, 0)
+    allowed_tokens = allowance(None if limit is None else int(limit), int(row["credits_tokens"]))
+    reason = token_reason(used, reserved, estimated_tokens, allowed_tokens, bool(row["soft_limit"]))
+    left = remaining(allowed_tokens, used, reserved)
     allowed = reason != "token_limit_exceeded"
-    return LimitDecision(allowed, used, allowance, remaining, reason, reserved, **common)
+    return LimitDecision(allowed, used, allowed_tokens, left, reason, reserved, **common)
