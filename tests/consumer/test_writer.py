@@ -187,7 +187,8 @@ async def test_the_first_event_after_period_end_rolls_the_period_forward(
         await session.execute(
             text(
                 "UPDATE usage_limits SET period_start = :s, period_end = :e,"
-                " tokens_used_period = 150000, credits_tokens = 80000 WHERE organization_id = :o"
+                " tokens_used_period = 150000, grants_consumed_period = 50000"
+                " WHERE organization_id = :o"
             ),
             {"s": old_start, "e": old_end, "o": org},
         )
@@ -199,8 +200,8 @@ async def test_the_first_event_after_period_end_rolls_the_period_forward(
     after = await counters(db, org)
     assert (after["period_start"], after["period_end"]) == period_bounds(now)
     assert after["tokens_used_period"] == 320
-    # and the credits paid for the 50,000 tokens the old period used beyond its 100,000 limit
-    assert after["credits_tokens"] == 30000
+    # and what grants paid for in the old period is history: the new period starts at 0
+    assert after["grants_consumed_period"] == 0
     await assert_counter_derivable(db, org)
 
 

@@ -30,7 +30,16 @@ from biz2bricks_core.counting import (
     unpriced_count_sql,
     unpriced_sql,
 )
-from biz2bricks_core.credits import credits_after_period, credits_after_period_sql
+from biz2bricks_core.credits import (
+    BURN,
+    REFRESH_GRANTS,
+    GrantState,
+    beyond_plan,
+    beyond_plan_sql,
+    burn,
+    grant_is_live,
+    grant_is_live_sql,
+)
 from biz2bricks_core.holds import reserved_after_settle, reserved_after_settle_sql
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.periods import (
@@ -151,17 +160,26 @@ async def test_counters_restart_when_the_period_rolls_in_sql_and_python(
 
 
 async def test_allowance_and_remaining_in_sql_equal_python(db: DatabaseManager) -> None:
-    allowed = allowance_sql("CAST(:limit AS bigint)", "CAST(:credits AS bigint)")
+    allowed = allowance_sql(
+        "CAST(:limit AS bigint)", "CAST(:consumed AS bigint)", "CAST(:live AS bigint)"
+    )
     left = remaining_sql(f"({allowed})", "CAST(:used AS bigint)", "CAST(:reserved AS bigint)")
-    for limit, credits, used, reserved in itertools.product(
-        LIMITS, (0, 500), TOKEN_COUNTS, (0, 300)
+    for limit, consumed, live, used, reserved in itertools.product(
+        LIMITS, (0, 200), (0, 500), TOKEN_COUNTS, (0, 300)
     ):
-        params = {"limit": limit, "credits": credits, "used": used, "reserved": reserved}
-        expected_allowance = allowance(limit, credits)
+        params = {
+            "limit": limit,
+            "consumed": consumed,
+            "live": live,
+            "used": used,
+            "reserved": reserved,
+        }
+        expected_allowance = allowance(limit, consumed, live)
         assert await sql_value(db, allowed, params) == expected_allowance, params
         expected_left = remaining(expected_allowance, used, reserved)
         assert await sql_value(db, left, params) == expected_left, params
-    assert allowance(None, 10**9) is None
+    assert allowance(None, 10**9, 10**9) is None
+    assert allowance(1_000, 200, 500) == 1_700
 
 
 async def test_the_token_limit_rule_in_the_database_equals_python(db: DatabaseManager) -> None:
@@ -212,19 +230,100 @@ async def test_unpriced_reason_in_sql_equals_python(db: DatabaseManager) -> None
     assert unpriced_reason(None, None) == "no_price_row"
 
 
-async def test_credit_consumption_in_sql_equals_the_python_rule(db: DatabaseManager) -> None:
-    statement = text(
-        "SELECT "
-        + credits_after_period_sql(
-            "CAST(:credits AS bigint)", "CAST(:used AS bigint)", "CAST(:limit AS bigint)"
-        )
+async def test_grant_liveness_in_sql_equals_python(db: DatabaseManager) -> None:
+    start = datetime(2025, 6, 1, tzinfo=UTC)
+    end = start + timedelta(days=30)
+    expression = grant_is_live_sql("g", "CAST(:now AS timestamptz)")
+    statement = (
+        f"{expression} FROM (SELECT CAST(:effective AS timestamptz) AS effective_at,"
+        " CAST(:expires AS timestamptz) AS expires_at,"
+        " CAST(:voided AS timestamptz) AS voided_at) g"
     )
-    cases = itertools.product((0, 500, 10_000), (0, 999, 1_000, 1_500, 20_000), (None, 0, 1_000))
-    async with db.engine.connect() as conn:
-        for credits, used, limit in cases:
-            params = {"credits": credits, "used": used, "limit": limit}
-            sql = (await conn.execute(statement, params)).scalar_one()
-            assert sql == credits_after_period(credits, used, limit), params
+    instants = (start - timedelta(microseconds=1), start, end - timedelta(microseconds=1), end)
+    for now, expires, voided in itertools.product(instants, (None, end), (None, start)):
+        grant = GrantState(uuid.uuid4(), 1, 10, start, expires, voided, start)
+        params = {"now": now, "effective": start, "expires": expires, "voided": voided}
+        assert await sql_value(db, statement, params) is grant_is_live(grant, now), params
+    assert grant_is_live(GrantState(uuid.uuid4(), 1, 10, start, end, None, start), start)
+    assert not grant_is_live(GrantState(uuid.uuid4(), 1, 10, start, end, None, start), end)
+
+
+async def test_usage_beyond_the_plan_in_sql_equals_python(db: DatabaseManager) -> None:
+    expression = beyond_plan_sql(
+        "CAST(:before AS bigint)", "CAST(:after AS bigint)", "CAST(:limit AS bigint)"
+    )
+    for before, after, limit in itertools.product(
+        (0, 900, 1_000, 1_200), (1_000, 1_100, 1_500), LIMITS
+    ):
+        if after < before:
+            continue
+        params = {"before": before, "after": after, "limit": limit}
+        assert await sql_value(db, expression, params) == beyond_plan(before, after, limit)
+    assert beyond_plan(900, 1_100, 1_000) == 100
+    assert beyond_plan(1_200, 1_500, 1_000) == 300
+    assert beyond_plan(0, 10**9, None) == 0
+
+
+async def test_the_burn_in_sql_takes_what_the_python_rule_takes(db: DatabaseManager) -> None:
+    # Given an organization with grants of every kind: priorities, expiries, a future one,
+    # an expired one and a voided one
+    org = await provisioned_org(db, plan="free")
+    now = datetime.now(UTC)
+    specs = [  # tokens, priority, effective_at, expires_at, voided
+        (300, 10, now - timedelta(days=1), None, False),
+        (200, 10, now - timedelta(days=1), now + timedelta(days=5), False),
+        (100, 5, now - timedelta(days=1), now + timedelta(days=90), False),
+        (400, 10, now + timedelta(days=1), None, False),  # not yet effective
+        (500, 1, now - timedelta(days=9), now - timedelta(days=1), False),  # expired
+        (600, 1, now - timedelta(days=1), None, True),  # voided
+        (250, 10, now - timedelta(days=2), now + timedelta(days=5), False),  # same expiry, older
+    ]
+    async with db.driver() as conn:
+        for tokens, priority, effective, expires, voided in specs:
+            await conn.execute(
+                "INSERT INTO credit_grants (organization_id, tokens, remaining, priority,"
+                " effective_at, expires_at, voided_at, created_at)"
+                " VALUES ($1, $2, $2, $3, $4, $5, $6, $4)",
+                org,
+                tokens,
+                priority,
+                effective,
+                expires,
+                now if voided else None,
+            )
+        await conn.execute(REFRESH_GRANTS, [org])
+        rows = await conn.fetch(
+            "SELECT id, remaining, priority, effective_at, expires_at, voided_at, created_at"
+            " FROM credit_grants WHERE organization_id = $1",
+            org,
+        )
+        grants = [GrantState(**dict(r)) for r in rows]
+        # When usage of 600 tokens beyond the plan burns them in SQL
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM usage_limits WHERE organization_id = $1 FOR UPDATE", org
+            )
+            paid = await conn.fetchrow(BURN, [org], [600])
+        taken = {
+            r["id"]: (r["tokens"], r["tokens"] - r["remaining"])
+            for r in await conn.fetch(
+                "SELECT id, tokens, remaining FROM credit_grants WHERE organization_id = $1", org
+            )
+        }
+        limits = await conn.fetchrow(
+            "SELECT grants_consumed_period, grants_remaining FROM usage_limits"
+            " WHERE organization_id = $1",
+            org,
+        )
+    # Then it took exactly what the Python rule takes, in its order
+    expected = dict(burn(grants, 600, datetime.now(UTC)))
+    assert {g: t for g, (_, t) in taken.items() if t} == expected
+    # priority 5 first, then the earliest expiry (the older of two equal ones first), then the
+    # grant without expiry pays the rest; future, expired and voided grants pay nothing
+    by_size = {size: t for size, t in taken.values()}
+    assert by_size == {100: 100, 250: 250, 200: 200, 300: 50, 400: 0, 500: 0, 600: 0}
+    assert paid["tokens"] == 600
+    assert (limits["grants_consumed_period"], limits["grants_remaining"]) == (600, 250)
 
 
 async def test_hold_settlement_arithmetic_in_sql_equals_python(db: DatabaseManager) -> None:

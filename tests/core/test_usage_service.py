@@ -132,7 +132,8 @@ async def test_credits_extend_the_allowance_and_granting_is_audited(db: Database
     await set_limits(db, org, tokens_used_period=100_000)
     service = UsageService(db)
     assert not (await service.check_token_limit(org, estimated_tokens=1)).allowed
-    assert await service.grant_credits(org, 50_000, note="promo") == 50_000
+    grant = await service.grant_credits(org, 50_000, reason="promo")
+    assert (grant.tokens, grant.remaining, grant.reason) == (50_000, 50_000, "promo")
     decision = await service.check_token_limit(org, estimated_tokens=50_000)
     assert decision.allowed
     assert decision.limit == 150_000

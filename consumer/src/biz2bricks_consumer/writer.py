@@ -40,7 +40,7 @@ from biz2bricks_core.alerts import insert_alerts_sql
 from biz2bricks_core.allowance import allowance_sql
 from biz2bricks_core.counters import lock_counters_sql
 from biz2bricks_core.counting import event_tokens_sql, unpriced_sql
-from biz2bricks_core.credits import credits_after_period_sql
+from biz2bricks_core.credits import BURN, beyond_plan_sql, live_grants_remaining_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.events import UsageEvent
 from biz2bricks_core.holds import reserved_after_settle_sql, settle_holds_sql
@@ -74,9 +74,13 @@ SAME_PERIOD = "t.new_start = u.period_start"
 ROLLED_TOKENS = counter_after_roll_sql("u.tokens_used_period", SAME_PERIOD, "s.tokens")
 ROLLED_COST = counter_after_roll_sql("u.cost_usd_period", SAME_PERIOD, "s.cost")
 ROLLED_UNPRICED = counter_after_roll_sql("u.unpriced_events_period", SAME_PERIOD, "s.unpriced")
-CREDITS_AT_ROLL = credits_after_period_sql(
-    "u.credits_tokens", "u.tokens_used_period", "u.token_limit"
+ROLLED_GRANTS_CONSUMED = counter_after_roll_sql("u.grants_consumed_period", SAME_PERIOD, "0")
+# After the UPDATE (RETURNING sees the new row): the allowance the alerts measure against, and
+# the tokens the batch took beyond the plan, which the burn statement charges to live grants.
+ALLOWANCE = allowance_sql(
+    "u.token_limit", "u.grants_consumed_period", live_grants_remaining_sql("u")
 )
+BEYOND_PLAN = beyond_plan_sql("t.before_tokens", "u.tokens_used_period", "u.token_limit")
 RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "s.held_tokens")
 SETTLE = settle_holds_sql("inserted")
 
@@ -193,9 +197,7 @@ sums AS (
 ),
 updated AS (
     UPDATE usage_limits u SET
-        -- Credits pay for what the finished period used beyond the plan, once, at the roll.
-        credits_tokens = CASE WHEN {SAME_PERIOD} THEN u.credits_tokens
-            ELSE {CREDITS_AT_ROLL} END,
+        grants_consumed_period = {ROLLED_GRANTS_CONSUMED},
         tokens_used_period = {
     counter_after_roll_sql("u.tokens_used_period", SAME_PERIOD, "s.tokens")
 },
@@ -210,8 +212,9 @@ updated AS (
     FROM target t JOIN sums s USING (organization_id)
     WHERE u.organization_id = t.organization_id
     RETURNING u.organization_id, u.plan, u.period_start, t.before_tokens,
-        u.tokens_used_period AS after_tokens,
-        {allowance_sql("u.token_limit", "u.credits_tokens")} AS allowance,
+        u.tokens_used_period AS after_tokens, {ALLOWANCE} AS allowance,
+        {BEYOND_PLAN} AS beyond_plan,
+        u.grants_remaining > 0 OR u.grants_next_change <= now() AS may_have_grants,
         t.inserted, s.unpriced, s.holds
 ),
 alerted AS (
@@ -222,7 +225,13 @@ SELECT coalesce(sum(inserted), 0)::bigint AS inserted,
     coalesce(sum(holds), 0)::bigint AS settled,
     (SELECT count(*) FROM alerted) AS alerts,
     (SELECT array_agg(DISTINCT organization_id) FROM input
-        WHERE organization_id NOT IN (SELECT organization_id FROM locked)) AS unknown_orgs
+        WHERE organization_id NOT IN (SELECT organization_id FROM locked)) AS unknown_orgs,
+    -- Organizations whose usage went beyond the plan and that may hold live grants: the
+    -- burn statement (biz2bricks_core.credits.BURN) charges them, in this transaction.
+    array_agg(organization_id ORDER BY organization_id)
+        FILTER (WHERE beyond_plan > 0 AND may_have_grants) AS burn_orgs,
+    array_agg(beyond_plan ORDER BY organization_id)
+        FILTER (WHERE beyond_plan > 0 AND may_have_grants) AS burn_tokens
 FROM updated
 """
 
@@ -262,6 +271,8 @@ class WriteResult:
     unpriced_models: list[Unpriced] = field(default_factory=list)
     holds_settled: int = 0
     alerts_created: int = 0
+    # Tokens that usage beyond the plans took from credit grants.
+    grants_consumed: int = 0
 
     @property
     def conflicts(self) -> int:
@@ -330,13 +341,16 @@ class BatchWriter:
     async def write(self, batch: Batch) -> WriteResult:
         """Commit the batch's events, counters and rejects together, or raise and change nothing."""
         events, rejects = batch.events, list(batch.rejects)
-        inserted = conflicting = unpriced = settled = alerts = 0
+        inserted = conflicting = unpriced = settled = alerts = consumed = 0
         unpriced_models: list[Unpriced] = []
         async with self._db.driver() as conn, conn.transaction():
             if events:
                 *params, unpriced_of = event_params(events, self._prices())
                 row = await conn.fetchrow(INSERT_AND_COUNT, *params)
-                inserted, unpriced, settled, alerts, unknown_orgs = row
+                inserted, unpriced, settled, alerts, unknown_orgs, burn_orgs, burn_tokens = row
+                if burn_orgs:
+                    burned = await conn.fetch(BURN, burn_orgs, burn_tokens)
+                    consumed = sum(r["tokens"] for r in burned)
                 not_stored = set(unknown_orgs or ())
                 unpriced_models = [u for org, u in unpriced_of if org not in not_stored]
                 if not_stored:
@@ -350,7 +364,7 @@ class BatchWriter:
                 await conn.execute(INSERT_REJECTS, *reject_columns(rejects))
         duplicates = len(events) - inserted - conflicting + batch.duplicates_in_batch
         return WriteResult(
-            inserted, duplicates, rejects, unpriced, unpriced_models, settled, alerts
+            inserted, duplicates, rejects, unpriced, unpriced_models, settled, alerts, consumed
         )
 
 

@@ -34,7 +34,9 @@ from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import (
     Biz2BricksError,
     DatabaseUnavailableError,
+    GrantConflictError,
     InvalidArgumentError,
+    UnknownGrantError,
     UnknownOrganizationError,
 )
 from biz2bricks_core.usage_service import UsageService, UsageServiceSettings
@@ -232,6 +234,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LimitExceededError, _limit_exceeded)  # type: ignore[arg-type]
     app.add_exception_handler(UnknownOrganizationError, _error(404, "unknown_organization"))
     app.add_exception_handler(InvalidArgumentError, _error(422, "invalid_argument"))
+    app.add_exception_handler(UnknownGrantError, _error(404, "unknown_grant"))
+    app.add_exception_handler(GrantConflictError, _error(409, "grant_conflict"))
     app.add_exception_handler(DatabaseUnavailableError, _error(503, "database_unavailable"))
 
 

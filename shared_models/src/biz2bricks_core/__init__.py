@@ -10,14 +10,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from biz2bricks_core.config import DatabaseConfig
+from biz2bricks_core.credits import CreditGrant
 from biz2bricks_core.errors import (
     Biz2BricksError,
     ConfigurationError,
     DatabaseUnavailableError,
+    GrantConflictError,
     InvalidArgumentError,
     InvalidEventError,
     PermanentError,
     TransientError,
+    UnknownGrantError,
     UnknownOrganizationError,
     UnknownPlanError,
 )
@@ -37,9 +40,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Biz2BricksError",
     "ConfigurationError",
+    "CreditGrant",
     "DatabaseConfig",
     "DatabaseManager",
     "DatabaseUnavailableError",
+    "GrantConflictError",
     "InvalidArgumentError",
     "InvalidEventError",
     "LimitDecision",
@@ -48,6 +53,7 @@ __all__ = [
     "TokenHold",
     "TokenPrice",
     "TransientError",
+    "UnknownGrantError",
     "UnknownOrganizationError",
     "UnknownPlanError",
     "UsageEvent",

@@ -1,7 +1,8 @@
 """The token allowance of an organization and the token-limit rule, in Python and in SQL.
 
-- ``allowance``: what a period may use = the plan's token limit + the credits (None: an
-  unlimited plan, whatever the credits).
+- ``allowance``: what a period may use = the plan's token limit + what credit grants paid for
+  in this period + what the grants live now still hold (None: an unlimited plan, whatever the
+  grants). See biz2bricks_core.credits for which grants are live and how usage burns them.
 - ``token_reason``: may a call of ``estimate`` tokens start, given the period's usage and the
   live holds? ``ok`` while used + reserved + estimate fits, else ``soft_limit_exceeded`` (a
   soft-limit plan: allowed, warn) or ``token_limit_exceeded`` (refused).
@@ -10,9 +11,8 @@
 The SQL twins are composed by the hold functions (biz2bricks_core.holds), the consumer's batch
 statement (its alert thresholds) and UsageService; ``TOKEN_REASON_BODY`` is the body of the
 database function ``usage_token_reason`` that the hold functions call. The twins take SQL
-expressions written in code, never input. ``allowance_sql`` is a sum without parentheses (the
-text of the functions installed by migration 0005): put it in parentheses where it is an
-operand. tests/core/test_billing_rules_sql.py runs both twins on the same cases.
+expressions written in code, never input; tests/core/test_billing_rules_sql.py runs both twins
+on the same cases.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ __all__ = [
 ]
 
 
-def allowance(token_limit: int | None, credits_tokens: int) -> int | None:
-    """Tokens a period may use: the plan's limit plus credits; None when the plan is unlimited."""
-    return None if token_limit is None else token_limit + credits_tokens
+def allowance(token_limit: int | None, grants_consumed: int, grants_live: int) -> int | None:
+    """Tokens the period may use: the plan's limit, plus what grants paid for in the period,
+    plus what the live grants still hold; None when the plan is unlimited."""
+    return None if token_limit is None else token_limit + grants_consumed + grants_live
 
 
-def allowance_sql(token_limit: str, credits_tokens: str) -> str:
+def allowance_sql(token_limit: str, grants_consumed: str, grants_live: str) -> str:
     """SQL twin of ``allowance`` (NULL for an unlimited plan, as NULL + n is NULL)."""
-    return f"{token_limit} + {credits_tokens}"
+    return f"({token_limit} + {grants_consumed} + {grants_live})"
 
 
 def token_reason(

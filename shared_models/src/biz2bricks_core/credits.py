@@ -1,24 +1,231 @@
-"""Credit consumption: purchased tokens pay for what a finished period used beyond the plan.
+"""Credit grants: which grants count at an instant, and in which order usage burns them.
 
-Credits extend the allowance of every period (see UsageService.check_token_limit); when a
-period ends, the tokens it used beyond the plan's limit are paid from the credits, once, at
-the roll. ``credits_after_period`` is the rule and ``credits_after_period_sql`` its SQL twin,
-which the consumer's writer runs when a batch rolls a period forward;
-tests/core/test_billing_rules_sql.py checks both agree.
+The rules, each in Python and in SQL:
+
+- ``grant_is_live``: a grant counts while ``effective_at <= now < expires_at`` (no expiry:
+  forever) and it is not voided. It starts and stops counting at those instants, with no job:
+  every reader compares with ``now()``.
+- ``live_remaining``: what the live grants still hold. ``usage_limits.grants_remaining`` caches
+  it, exact while ``grants_next_change`` (the earliest future start or end of a grant with
+  tokens left) lies in the future; past it, readers sum the rows (``LIVE_GRANTS_REMAINING``)
+  and the next writer refreshes the cache (``REFRESH_GRANTS``,
+  ``live_grants_remaining_sql``).
+- ``beyond_plan``: the tokens a batch took beyond the plan's limit in the period (only the
+  increase: what earlier usage took beyond it was settled then). Unlimited plans: none.
+- ``burn``: those tokens consume live grants in order (``BURN_ORDER``): lower ``priority``
+  first, then the earliest ``expires_at`` (no expiry last), then the oldest, then by id.
+  What the live grants cannot pay stays unpaid overage.
+
+The allowance (biz2bricks_core.allowance) is the plan's limit + what grants paid for in this
+period (``grants_consumed_period``) + ``live_remaining``: burning moves tokens from the second
+term to the first, so the allowance does not change while usage burns grants, and a consumed
+token is never counted twice.
+
+Composed by the consumer's writer (the burn after its batch statement), the hold functions
+(biz2bricks_core.holds), UsageService (checks, grants) and reconcile; tests/core/
+test_billing_rules_sql.py runs both twins of each rule on the same cases.
 """
 
 from __future__ import annotations
 
-__all__ = ["credits_after_period", "credits_after_period_sql"]
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+__all__ = [
+    "BURN",
+    "BURN_ORDER",
+    "REFRESH_GRANTS",
+    "CreditGrant",
+    "GrantState",
+    "beyond_plan",
+    "beyond_plan_sql",
+    "burn",
+    "burn_order_key",
+    "grant_is_live",
+    "grant_is_live_sql",
+    "grants_cache_valid_sql",
+    "live_grants_remaining_sql",
+    "live_remaining",
+]
 
 
-def credits_after_period(credits: int, used: int, limit: int | None) -> int:
-    """Credits left after a period that used ``used`` tokens on a plan of ``limit`` (None:
-    unlimited, nothing to pay); never below zero."""
-    beyond = 0 if limit is None else max(used - limit, 0)
-    return max(credits - beyond, 0)
+@dataclass(frozen=True, slots=True)
+class CreditGrant:
+    """A grant of tokens to an organization. ``remaining`` is what it can still pay now: 0
+    once it expired or was voided (what an expiry left is the grant's breakage)."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    tokens: int
+    remaining: int
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    voided_at: datetime | None
+    reason: str | None
+    created_at: datetime
 
 
-def credits_after_period_sql(credits: str, used: str, limit: str) -> str:
-    """SQL twin of ``credits_after_period``; the arguments are column expressions, not input."""
-    return f"greatest({credits} - greatest({used} - coalesce({limit}, {used}), 0), 0)"
+@dataclass(frozen=True, slots=True)
+class GrantState:
+    """What the rules need of a grant row (``remaining`` as stored: expiry does not change it)."""
+
+    id: uuid.UUID
+    remaining: int
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    voided_at: datetime | None
+    created_at: datetime
+
+
+def grant_is_live(grant: GrantState, now: datetime) -> bool:
+    """Does the grant count at ``now``?"""
+    return (
+        grant.voided_at is None
+        and grant.effective_at <= now
+        and (grant.expires_at is None or now < grant.expires_at)
+    )
+
+
+def grant_is_live_sql(grant: str, now: str = "now()") -> str:
+    """SQL twin of ``grant_is_live`` for an alias of credit_grants."""
+    return (
+        f"({grant}.voided_at IS NULL AND {grant}.effective_at <= {now}"
+        f" AND ({grant}.expires_at IS NULL OR {now} < {grant}.expires_at))"
+    )
+
+
+def live_remaining(grants: Iterable[GrantState], now: datetime) -> int:
+    """What the grants live at ``now`` still hold."""
+    return sum(g.remaining for g in grants if grant_is_live(g, now))
+
+
+def burn_order_key(grant: GrantState) -> tuple[int, bool, datetime | None, datetime, uuid.UUID]:
+    """Sort key of the burn order (SQL twin: BURN_ORDER)."""
+    return (grant.priority, grant.expires_at is None, grant.expires_at, grant.created_at, grant.id)
+
+
+BURN_ORDER: Final = "g.priority, g.expires_at NULLS LAST, g.created_at, g.id"
+
+
+def beyond_plan(before: int, after: int, token_limit: int | None) -> int:
+    """Tokens that usage moving from ``before`` to ``after`` took beyond the plan's limit."""
+    if token_limit is None:
+        return 0
+    return max(after - token_limit, 0) - max(before - token_limit, 0)
+
+
+def beyond_plan_sql(before: str, after: str, token_limit: str) -> str:
+    """SQL twin of ``beyond_plan`` (0 for an unlimited plan: NULL limit)."""
+    return (
+        f"coalesce(greatest({after} - {token_limit}, 0) - greatest({before} - {token_limit}, 0), 0)"
+    )
+
+
+def burn(grants: Sequence[GrantState], tokens: int, now: datetime) -> list[tuple[uuid.UUID, int]]:
+    """Which live grants pay ``tokens``, and how much each pays, in the burn order."""
+    taken: list[tuple[uuid.UUID, int]] = []
+    left = tokens
+    for grant in sorted(grants, key=burn_order_key):
+        if left <= 0:
+            break
+        if grant.remaining > 0 and grant_is_live(grant, now):
+            take = min(grant.remaining, left)
+            taken.append((grant.id, take))
+            left -= take
+    return taken
+
+
+def grants_cache_valid_sql(limits: str) -> str:
+    """Is the cached ``grants_remaining`` of a usage_limits row (alias ``limits``) exact now?"""
+    return f"({limits}.grants_next_change IS NULL OR {limits}.grants_next_change > now())"
+
+
+def live_grants_remaining_sql(limits: str) -> str:
+    """SQL twin of ``live_remaining`` for the organization of a usage_limits row: the cache
+    while no grant can have started or ended since it was written, else the live rows' sum."""
+    return (
+        f"CASE WHEN {grants_cache_valid_sql(limits)} THEN {limits}.grants_remaining"
+        " ELSE (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g"
+        f" WHERE g.organization_id = {limits}.organization_id AND g.remaining > 0"
+        f" AND {grant_is_live_sql('g')}) END"
+    )
+
+
+# The burn, for the organizations in $1 (locked by the caller) and the tokens in $2 that each
+# took beyond its plan: each live grant pays least(its remaining, what the grants before it in
+# the burn order left unpaid). A consume row per grant in the ledger; the counters and the
+# cache move by what was paid. One statement: the caller holds the counter rows' locks, and
+# every writer of grants takes them first, so the rows read here are current.
+BURN: Final = f"""
+WITH need AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS n(organization_id, tokens)
+),
+live AS (
+    SELECT g.id, g.organization_id, g.remaining, n.tokens AS need,
+        coalesce(sum(g.remaining) OVER (PARTITION BY g.organization_id ORDER BY {BURN_ORDER}
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS paid_before
+    FROM need n JOIN credit_grants g ON g.organization_id = n.organization_id
+    WHERE g.remaining > 0 AND {grant_is_live_sql("g")}
+),
+take AS (
+    SELECT id, organization_id, least(remaining, need - paid_before) AS tokens
+    FROM live WHERE need > paid_before
+),
+burned AS (
+    UPDATE credit_grants g SET remaining = g.remaining - t.tokens
+    FROM take t WHERE g.id = t.id
+    RETURNING g.id, g.organization_id, t.tokens
+),
+ledger AS (
+    INSERT INTO credit_ledger (organization_id, grant_id, kind, tokens, period_start)
+    SELECT b.organization_id, b.id, 'consume', b.tokens, l.period_start
+    FROM burned b JOIN usage_limits l USING (organization_id)
+    ORDER BY b.organization_id, b.id
+),
+paid AS (
+    SELECT o.organization_id, coalesce(sum(b.tokens), 0) AS tokens,
+        (SELECT coalesce(sum(v.remaining), 0) FROM live v
+            WHERE v.organization_id = o.organization_id) AS live_before
+    FROM need o LEFT JOIN burned b USING (organization_id)
+    GROUP BY o.organization_id
+)
+UPDATE usage_limits l SET grants_consumed_period = l.grants_consumed_period + p.tokens,
+    grants_remaining = p.live_before - p.tokens,
+    grants_next_change = (SELECT min(x.at) FROM credit_grants g
+        CROSS JOIN LATERAL (VALUES (g.effective_at), (g.expires_at)) AS x(at)
+        WHERE g.organization_id = l.organization_id AND g.voided_at IS NULL
+            AND g.remaining > 0 AND x.at > now())
+FROM paid p WHERE l.organization_id = p.organization_id
+RETURNING l.organization_id, p.tokens
+"""
+
+# Under the organization's counter-row lock, in its own statement (it reads the rows as they
+# are now): the expiries not yet in the ledger are recorded (the grant's breakage), and the
+# cache and its next change are set from the rows. $1: the organizations.
+REFRESH_GRANTS: Final = f"""
+WITH expired AS (
+    INSERT INTO credit_ledger (organization_id, grant_id, kind, tokens, period_start)
+    SELECT g.organization_id, g.id, 'expire', g.remaining, l.period_start
+    FROM credit_grants g JOIN usage_limits l USING (organization_id)
+    WHERE g.organization_id = ANY($1::uuid[]) AND g.voided_at IS NULL AND g.remaining > 0
+        AND g.expires_at <= now()
+    ORDER BY g.organization_id, g.id
+    ON CONFLICT DO NOTHING
+    RETURNING tokens
+)
+UPDATE usage_limits l SET
+    grants_remaining = (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g
+        WHERE g.organization_id = l.organization_id AND g.remaining > 0
+            AND {grant_is_live_sql("g")}),
+    grants_next_change = (SELECT min(x.at) FROM credit_grants g
+        CROSS JOIN LATERAL (VALUES (g.effective_at), (g.expires_at)) AS x(at)
+        WHERE g.organization_id = l.organization_id AND g.voided_at IS NULL
+            AND g.remaining > 0 AND x.at > now())
+WHERE l.organization_id = ANY($1::uuid[])
+RETURNING l.organization_id, (SELECT coalesce(sum(tokens), 0) FROM expired) AS expired
+"""

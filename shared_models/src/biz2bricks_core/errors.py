@@ -45,3 +45,11 @@ class UnknownPlanError(PermanentError, LookupError):
 
 class InvalidArgumentError(PermanentError, ValueError):
     """An argument to a UsageService call is out of range (negative size, non-UUID id)."""
+
+
+class UnknownGrantError(PermanentError, LookupError):
+    """No credit grant has this id."""
+
+
+class GrantConflictError(PermanentError, ValueError):
+    """A grant_id is reused with other values than the grant it names (the message says which)."""

@@ -10,10 +10,10 @@ Every writer locks the organization's ``usage_limits`` row first and the hold ro
 (the consumer's batch does the same), so they serialize per organization and cannot deadlock;
 each statement of the PL/pgSQL functions then sees everything committed before the lock.
 
-The functions below compose the rules of biz2bricks_core.periods (an ended period reads 0) and
-biz2bricks_core.allowance (the allowance and the token-limit rule, whose SQL twin is the
-function ``usage_token_reason``); migration 0005 created them from a frozen copy of this text,
-and a test checks that the database runs exactly these bodies.
+The functions below compose the rules of biz2bricks_core.periods (an ended period reads 0),
+biz2bricks_core.credits (live grants) and biz2bricks_core.allowance (the allowance and the
+token-limit rule, whose SQL twin is the function ``usage_token_reason``); migrations create them
+from frozen copies of this text, and a test checks that the database runs exactly these bodies.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from biz2bricks_core.allowance import TOKEN_REASON_BODY, allowance_sql, remaining
+from biz2bricks_core.credits import grants_cache_valid_sql, live_grants_remaining_sql
 from biz2bricks_core.periods import period_reading_sql
 
 __all__ = [
@@ -43,12 +44,16 @@ __all__ = [
 MAX_HOLD_TTL_S: Final = 7 * 24 * 3600.0
 
 
-# Composed from the rules' SQL twins; the text is that of the functions migration 0005 installed
-# (a test compares the two), so a change to a rule here is a new migration.
+# Composed from the rules' SQL twins. Migrations install frozen copies of these bodies (a test
+# compares them with the database's), so a change to a rule here is a new migration.
 _USED = period_reading_sql("l.tokens_used_period", "l.period_end")
+_CONSUMED = period_reading_sql("l.grants_consumed_period", "l.period_end")
 _LIM_USED = period_reading_sql("lim.tokens_used_period", "lim.period_end")
-_ALLOWANCE = allowance_sql("l.token_limit", "l.credits_tokens")
-_LIM_ALLOWANCE = allowance_sql("lim.token_limit", "lim.credits_tokens")
+_LIM_CONSUMED = period_reading_sql("lim.grants_consumed_period", "lim.period_end")
+# The fast path runs only while the grants' cache is exact, so it reads the cache.
+_ALLOWANCE = allowance_sql("l.token_limit", _CONSUMED, "l.grants_remaining")
+_LIM_ALLOWANCE = allowance_sql("lim.token_limit", _LIM_CONSUMED, "v_live")
+_LIVE_GRANTS = live_grants_remaining_sql("l")
 
 RESERVE_BODY: Final = f"""
 #variable_conflict use_column
@@ -57,6 +62,7 @@ DECLARE
     v_used bigint;
     v_reserved bigint;
     v_allowance bigint;
+    v_live bigint;
     v_reason text;
     v_next timestamptz;
     v_expired integer := 0;
@@ -64,11 +70,13 @@ DECLARE
     v_id uuid;
     v_expires timestamptz := now() + make_interval(secs => p_ttl_s);
 BEGIN
-    -- Fast path, one statement: a limited plan, no counted hold expired, and the call fits.
+    -- Fast path, one statement: a limited plan, no counted hold expired, no grant started or
+    -- ended since the grants' cache was written, and the call fits.
     UPDATE usage_limits l SET tokens_reserved = l.tokens_reserved + p_tokens,
         holds_next_expiry = least(l.holds_next_expiry, v_expires)
     WHERE l.organization_id = p_org AND l.token_limit IS NOT NULL
         AND (l.holds_next_expiry IS NULL OR l.holds_next_expiry > now())
+        AND {grants_cache_valid_sql("l")}
         AND usage_token_reason(
             {_USED},
             l.tokens_reserved, p_tokens, {_ALLOWANCE}, l.soft_limit
@@ -84,22 +92,26 @@ BEGIN
                 lim.soft_limit), v_expires, 0;
         RETURN;
     END IF;
-    -- Otherwise: unknown organization, unlimited plan, holds to sweep, or a refusal.
-    SELECT l.token_limit, l.credits_tokens, l.soft_limit, l.period_end, l.tokens_used_period,
-        l.tokens_reserved, l.holds_next_expiry INTO lim
+    -- Otherwise: unknown organization, unlimited plan, holds to sweep, grants that started or
+    -- ended, or a refusal.
+    SELECT l.token_limit, l.soft_limit, l.period_end, l.tokens_used_period,
+        l.tokens_reserved INTO lim
     FROM usage_limits l WHERE l.organization_id = p_org;
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    v_used := {_LIM_USED};
     IF lim.token_limit IS NULL THEN  -- unlimited: nothing to hold, no lock taken
-        RETURN QUERY SELECT true, NULL::uuid, v_used, lim.tokens_reserved, NULL::bigint,
-            'unlimited'::text, NULL::timestamptz, 0;
+        RETURN QUERY SELECT true, NULL::uuid, {_LIM_USED}, lim.tokens_reserved,
+            NULL::bigint, 'unlimited'::text, NULL::timestamptz, 0;
         RETURN;
     END IF;
-    SELECT l.token_limit, l.credits_tokens, l.soft_limit, l.period_end, l.tokens_used_period,
-        l.tokens_reserved, l.holds_next_expiry INTO lim
-    FROM usage_limits l WHERE l.organization_id = p_org FOR UPDATE;
+    PERFORM 1 FROM usage_limits l WHERE l.organization_id = p_org FOR UPDATE;
+    -- A statement after the lock: it sees every grant and hold committed before it.
+    SELECT l.token_limit, l.soft_limit, l.period_end, l.tokens_used_period,
+        l.grants_consumed_period, l.tokens_reserved, l.holds_next_expiry,
+        {_LIVE_GRANTS} AS live INTO lim
+    FROM usage_limits l WHERE l.organization_id = p_org;
+    v_live := lim.live;
     v_reserved := lim.tokens_reserved;
     v_next := lim.holds_next_expiry;
     IF v_next IS NOT NULL AND v_next <= now() THEN

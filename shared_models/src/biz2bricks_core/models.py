@@ -33,6 +33,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "AuditLogModel",
     "Base",
+    "CreditGrantModel",
+    "CreditLedgerModel",
     "DocumentModel",
     "FolderModel",
     "ModelPricingModel",
@@ -266,7 +268,8 @@ class UsageLimitsModel(Base):
     __table_args__ = (
         CheckConstraint("tokens_used_period >= 0", name="tokens_nonnegative"),
         CheckConstraint("storage_used_bytes >= 0", name="storage_nonnegative"),
-        CheckConstraint("credits_tokens >= 0", name="credits_nonnegative"),
+        CheckConstraint("grants_consumed_period >= 0", name="grants_consumed_nonnegative"),
+        CheckConstraint("grants_remaining >= 0", name="grants_remaining_nonnegative"),
         CheckConstraint("tokens_reserved >= 0", name="reserved_nonnegative"),
         CheckConstraint("period_end > period_start", name="period_ordered"),
         CheckConstraint("period_unit IN ('month', 'year')", name="period_unit_known"),
@@ -279,7 +282,6 @@ class UsageLimitsModel(Base):
     plan: Mapped[str] = mapped_column(ForeignKey("subscription_plans.name"))
     token_limit: Mapped[int | None] = mapped_column(BigInteger)
     soft_limit: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    credits_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     period_unit: Mapped[str] = mapped_column(String(8), server_default="month")
     period_start: Mapped[datetime]
     period_end: Mapped[datetime]
@@ -294,6 +296,12 @@ class UsageLimitsModel(Base):
     # lower bound of their earliest expiry: while it lies in the future, no counted hold expired.
     tokens_reserved: Mapped[int] = mapped_column(BigInteger, server_default="0")
     holds_next_expiry: Mapped[datetime | None]
+    # What credit grants paid for in this period (the consume rows of credit_ledger), and a
+    # cache of what the live grants still hold, exact while grants_next_change (the earliest
+    # future start or end of a grant with tokens left) lies ahead (biz2bricks_core.credits).
+    grants_consumed_period: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    grants_remaining: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    grants_next_change: Mapped[datetime | None]
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
@@ -450,3 +458,73 @@ class UsageAlertModel(Base):
     allowance: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _created_at()
     published_at: Mapped[datetime | None]
+
+
+class CreditGrantModel(Base):
+    """Tokens granted to an organization, live from ``effective_at`` until ``expires_at``.
+
+    ``remaining`` falls as usage beyond the plan burns the grant (biz2bricks_core.credits) and
+    goes to 0 when it is voided; an expiry leaves it as it was (the grant's breakage), and the
+    grant simply stops counting.
+    """
+
+    __tablename__ = "credit_grants"
+    __table_args__ = (
+        CheckConstraint("tokens > 0", name="tokens_positive"),
+        CheckConstraint("remaining >= 0 AND remaining <= tokens", name="remaining_in_range"),
+        CheckConstraint(
+            "expires_at IS NULL OR expires_at > effective_at", name="expiry_after_start"
+        ),
+        # The burn and the live sum read an organization's grants with tokens left.
+        Index(
+            "ix_credit_grants_open",
+            "organization_id",
+            "priority",
+            postgresql_where=text("remaining > 0 AND voided_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    priority: Mapped[int] = mapped_column(Integer, server_default="10")
+    effective_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime | None]
+    voided_at: Mapped[datetime | None]
+    void_reason: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class CreditLedgerModel(Base):
+    """Every movement of a grant: granted, consumed by usage in a period, expired, voided.
+
+    Appended only. Reconcile checks the counters against it: a period's consume rows sum to
+    ``grants_consumed_period``, and a grant's tokens less its consume and void rows equal its
+    ``remaining``. A grant ends once: one expire or void row at most.
+    """
+
+    __tablename__ = "credit_ledger"
+    __table_args__ = (
+        CheckConstraint("kind IN ('grant', 'consume', 'expire', 'void')", name="kind_known"),
+        CheckConstraint("tokens >= 0", name="tokens_nonnegative"),
+        Index(
+            "uq_credit_ledger_grant_end",
+            "grant_id",
+            unique=True,
+            postgresql_where=text("kind IN ('expire', 'void')"),
+        ),
+        Index("ix_credit_ledger_organization_id", "organization_id", "period_start"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = _org_fk()
+    grant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("credit_grants.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    # The counters' period when it was written (NULL for a grant row).
+    period_start: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created_at()

@@ -17,9 +17,12 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text
 
+from biz2bricks_core import _grants
+from biz2bricks_core._arguments import as_count, as_moment, as_org_id, as_ttl, as_uuid
 from biz2bricks_core._provisioning import provision
 from biz2bricks_core.allowance import allowance, remaining, token_reason
 from biz2bricks_core.config import Settings
+from biz2bricks_core.credits import CreditGrant, live_grants_remaining_sql
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
 from biz2bricks_core.errors import (
     InvalidArgumentError,
@@ -51,8 +54,9 @@ log = logging.getLogger(__name__)
 # The request-path statements run on the pooled connection's asyncpg driver directly: one
 # round trip each, without a result-processing layer (see docs/benchmarks.md for why).
 _TOKEN_CHECK = (
-    "SELECT token_limit, credits_tokens, tokens_used_period, soft_limit, period_end,"
-    f" counters_updated_at, now() AS now, {LIVE_RESERVED} AS reserved"
+    "SELECT token_limit, grants_consumed_period, tokens_used_period, soft_limit, period_end,"
+    f" counters_updated_at, now() AS now, {LIVE_RESERVED} AS reserved,"
+    f" {live_grants_remaining_sql('l')} AS grants_live"
     " FROM usage_limits l WHERE organization_id = $1"
 )
 _RESERVE = (
@@ -79,12 +83,19 @@ _RELEASE = (
     " SELECT storage_used_bytes FROM changed"
 )
 _SNAPSHOT = (
-    "SELECT plan, period_start, period_end, token_limit, credits_tokens,"
-    f" {period_reading_sql('tokens_used_period', 'period_end')} AS tokens,"
-    f" {period_reading_sql('cost_usd_period', 'period_end')} AS cost,"
-    f" {period_reading_sql('unpriced_events_period', 'period_end')} AS unpriced,"
+    "SELECT plan, period_start, period_end, token_limit,"
+    f" {period_reading_sql('l.tokens_used_period', 'l.period_end')} AS tokens,"
+    f" {period_reading_sql('l.cost_usd_period', 'l.period_end')} AS cost,"
+    f" {period_reading_sql('l.unpriced_events_period', 'l.period_end')} AS unpriced,"
+    f" {period_reading_sql('l.grants_consumed_period', 'l.period_end')} AS consumed,"
+    f" {live_grants_remaining_sql('l')} AS credits_remaining,"
+    # What grants that ended by expiry in this period still held (their breakage).
+    " (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g"
+    "   WHERE g.organization_id = l.organization_id AND g.expires_at >= l.period_start"
+    "   AND g.expires_at < least(now(), l.period_end)"
+    "   AND (g.voided_at IS NULL OR g.voided_at >= g.expires_at)) AS expired,"
     " storage_used_bytes, storage_limit_bytes, counters_updated_at"
-    " FROM usage_limits WHERE organization_id = :org"
+    " FROM usage_limits l WHERE organization_id = :org"
 )
 _STORAGE_STATE = (
     "SELECT storage_used_bytes, storage_limit_bytes FROM usage_limits WHERE organization_id = $1"
@@ -131,55 +142,17 @@ class UsageSnapshot:
     period_end: datetime
     tokens_used_period: int
     token_limit: int | None
-    credits_tokens: int
+    # What the live credit grants still hold, what grants paid for in this period (usage
+    # beyond the plan), and what grants that expired in this period left unused.
+    credits_remaining: int
+    grants_consumed_period: int
+    grants_expired_period: int
     cost_usd_period: Decimal
     storage_used_bytes: int
     storage_limit_bytes: int | None
     counters_updated_at: datetime | None
     # Events of the period with no price: cost_usd_period is the cost of the others only.
     unpriced_events_period: int = 0
-
-
-def as_org_id(value: uuid.UUID | str) -> uuid.UUID:
-    """Accept a UUID or its string; anything else is an InvalidArgumentError."""
-    return _as_uuid("organization_id", value)
-
-
-def _as_uuid(name: str, value: uuid.UUID | str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise InvalidArgumentError(f"{name}: {value!r} is not a UUID") from None
-
-
-def _as_tokens(estimated_tokens: int) -> int:
-    if (
-        isinstance(estimated_tokens, bool)
-        or not isinstance(estimated_tokens, int)
-        or estimated_tokens < 0
-    ):
-        raise InvalidArgumentError(
-            f"estimated_tokens: must be an int >= 0, got {estimated_tokens!r}"
-        )
-    return estimated_tokens
-
-
-def _as_ttl(ttl_s: float) -> float:
-    if (
-        isinstance(ttl_s, bool)
-        or not isinstance(ttl_s, int | float)
-        or not (0 < ttl_s <= MAX_HOLD_TTL_S)
-    ):
-        raise InvalidArgumentError(f"ttl_s: must be > 0 and <= {MAX_HOLD_TTL_S:.0f}, got {ttl_s!r}")
-    return float(ttl_s)
-
-
-def _as_size(n_bytes: int) -> int:
-    if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 0:
-        raise InvalidArgumentError(f"n_bytes: must be an int >= 0, got {n_bytes!r}")
-    return n_bytes
 
 
 class UsageService:
@@ -208,8 +181,7 @@ class UsageService:
     ) -> LimitDecision:
         """May this organization make an LLM call of about ``estimated_tokens``? One PK read."""
         org = as_org_id(organization_id)
-        if isinstance(estimated_tokens, bool) or estimated_tokens < 0:
-            raise InvalidArgumentError(f"estimated_tokens: must be >= 0, got {estimated_tokens!r}")
+        as_count("estimated_tokens", estimated_tokens)
         try:
             async with self.db.driver() as driver:
                 row = await driver.fetchrow(_TOKEN_CHECK, org)
@@ -234,8 +206,8 @@ class UsageService:
         ``ttl_s`` (default ``USAGE_HOLD_TTL_S``) passes.
         """
         org = as_org_id(organization_id)
-        estimate = _as_tokens(estimated_tokens)
-        ttl = self.settings.hold_ttl_s if ttl_s is None else _as_ttl(ttl_s)
+        estimate = as_count("estimated_tokens", estimated_tokens)
+        ttl = self.settings.hold_ttl_s if ttl_s is None else as_ttl(ttl_s, MAX_HOLD_TTL_S)
         try:
             async with self.db.driver() as driver:
                 row = await driver.fetchrow(RESERVE, org, estimate, ttl)
@@ -256,7 +228,7 @@ class UsageService:
         """End a hold whose call failed and used nothing. Idempotent; None or unknown: no-op."""
         if reservation_id is None:
             return
-        hold_id = _as_uuid("reservation_id", reservation_id)
+        hold_id = as_uuid("reservation_id", reservation_id)
         # Database down: DatabaseUnavailableError; the hold stops counting when its ttl passes.
         async with self.db.unavailable_as_error(), self.db.driver() as driver:
             await driver.fetchval(RELEASE, hold_id)
@@ -265,7 +237,7 @@ class UsageService:
         self, organization_id: uuid.UUID | str, n_bytes: int, *, actor: uuid.UUID | None = None
     ) -> LimitDecision:
         """Add ``n_bytes`` to the organization's storage if it stays within the limit."""
-        org, n = as_org_id(organization_id), _as_size(n_bytes)
+        org, n = as_org_id(organization_id), as_count("n_bytes", n_bytes)
         state = None
         try:
             async with self.db.driver() as driver:
@@ -286,7 +258,7 @@ class UsageService:
         self, organization_id: uuid.UUID | str, n_bytes: int, *, actor: uuid.UUID | None = None
     ) -> None:
         """Subtract ``n_bytes`` from the organization's storage, never below zero."""
-        org, n = as_org_id(organization_id), _as_size(n_bytes)
+        org, n = as_org_id(organization_id), as_count("n_bytes", n_bytes)
         async with self.db.unavailable_as_error(), self.db.driver() as driver:
             row = await driver.fetchrow(_RELEASE, org, n, actor)
         if row is None:
@@ -324,33 +296,46 @@ class UsageService:
         organization_id: uuid.UUID | str,
         tokens: int,
         *,
-        actor: uuid.UUID | None = None,
-        note: str | None = None,
-    ) -> int:
-        """Add purchased token credits; returns the new balance. Audited."""
+        expires_at: datetime | None = None,
+        effective_at: datetime | None = None,
+        priority: int = 10,
+        reason: str | None = None,
+        grant_id: uuid.UUID | str | None = None,
+    ) -> CreditGrant:
+        """Grant ``tokens`` of credit, live from ``effective_at`` (default: now) until
+        ``expires_at`` (default: never); usage beyond the plan burns lower ``priority`` first.
+
+        Idempotent on ``grant_id``: the same id with the same values returns that grant, with
+        other values raises ``GrantConflictError``. Audited, with a ledger row.
+        """
         org = as_org_id(organization_id)
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0:
-            raise InvalidArgumentError(f"tokens: must be an int > 0, got {tokens!r}")
-        async with self.db.unavailable_as_error(), self.db.session() as session:
-            balance = (
-                await session.execute(
-                    text(
-                        "WITH changed AS (UPDATE usage_limits"
-                        " SET credits_tokens = credits_tokens + :t,"
-                        " updated_at = now() WHERE organization_id = :org"
-                        " RETURNING organization_id, credits_tokens),"
-                        " audit AS (INSERT INTO audit_logs (organization_id, user_id, action,"
-                        " entity_type, details) SELECT organization_id, :actor, 'credits.grant',"
-                        " 'usage_limits', jsonb_build_object('tokens', CAST(:t AS bigint),"
-                        " 'balance', credits_tokens, 'note', CAST(:note AS text)) FROM changed)"
-                        " SELECT credits_tokens FROM changed"
-                    ),
-                    {"org": org, "t": tokens, "actor": actor, "note": note},
-                )
-            ).scalar()
-        if balance is None:
-            raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
-        return int(balance)
+        as_count("tokens", tokens, minimum=1)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidArgumentError(f"priority: must be an int, got {priority!r}")
+        return await _grants.grant(
+            self.db,
+            org,
+            tokens,
+            priority=priority,
+            effective_at=as_moment("effective_at", effective_at),
+            expires_at=as_moment("expires_at", expires_at),
+            reason=reason,
+            grant_id=None if grant_id is None else as_uuid("grant_id", grant_id),
+        )
+
+    async def void_grant(
+        self, grant_id: uuid.UUID | str, *, reason: str | None = None
+    ) -> CreditGrant:
+        """End a grant now; what it still held is voided (its ``remaining`` becomes 0). What it
+        already paid for stays paid. Idempotent; an unknown id raises ``UnknownGrantError``."""
+        return await _grants.void(self.db, as_uuid("grant_id", grant_id), reason)
+
+    async def list_grants(
+        self, organization_id: uuid.UUID | str, *, include_ended: bool = False
+    ) -> list[CreditGrant]:
+        """The organization's grants in burn order; expired and voided ones with
+        ``include_ended``."""
+        return await _grants.list_grants(self.db, as_org_id(organization_id), include_ended)
 
     async def get_usage(self, organization_id: uuid.UUID | str) -> UsageSnapshot:
         """A snapshot of the organization's usage and limits in its current period."""
@@ -372,7 +357,9 @@ class UsageService:
             period_end=m["period_end"],
             tokens_used_period=m["tokens"],
             token_limit=m["token_limit"],
-            credits_tokens=m["credits_tokens"],
+            credits_remaining=int(m["credits_remaining"]),
+            grants_consumed_period=int(m["consumed"]),
+            grants_expired_period=int(m["expired"]),
             cost_usd_period=m["cost"],
             storage_used_bytes=m["storage_used_bytes"],
             storage_limit_bytes=m["storage_limit_bytes"],
@@ -385,12 +372,15 @@ def token_decision(row: Any, estimated_tokens: int) -> LimitDecision:
     """Decide a token check from a usage_limits row and its live holds (pure: no I/O)."""
     now: datetime = row["now"]
     used = period_reading(int(row["tokens_used_period"]), row["period_end"], now)
+    consumed = period_reading(int(row["grants_consumed_period"]), row["period_end"], now)
     reserved = int(row["reserved"])
     updated = row["counters_updated_at"]
     age = None if updated is None else max((now - updated).total_seconds(), 0.0)
     common = {"period_end": row["period_end"], "counters_updated_at": updated, "counter_age_s": age}
     limit = row["token_limit"]
-    allowed_tokens = allowance(None if limit is None else int(limit), int(row["credits_tokens"]))
+    allowed_tokens = allowance(
+        None if limit is None else int(limit), consumed, int(row["grants_live"])
+    )
     reason = token_reason(used, reserved, estimated_tokens, allowed_tokens, bool(row["soft_limit"]))
     left = remaining(allowed_tokens, used, reserved)
     allowed = reason != "token_limit_exceeded"
