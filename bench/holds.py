@@ -23,7 +23,8 @@ from biz2bricks_core import DatabaseManager, UsageService
 RAW_CONDITIONAL_UPDATE = (
     "UPDATE usage_limits SET tokens_reserved = tokens_reserved + $2"
     " WHERE organization_id = $1"
-    " AND tokens_used_period + tokens_reserved + $2 <= token_limit + grants_consumed_period + grants_remaining"
+    " AND tokens_used_period + tokens_reserved + $2"
+    " <= token_limit + grants_consumed_period + grants_remaining"
     " RETURNING tokens_used_period, tokens_reserved"
 )
 HUGE_LIMIT = 10**15  # no reservation is ever refused: every call writes a hold
