@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import asyncpg
@@ -11,7 +12,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from biz2bricks_core import DatabaseConfig, DatabaseManager
+from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageService
 from biz2bricks_core.errors import SchemaOutdatedError
 from biz2bricks_core.schema import SCHEMA_REVISION, check_schema, schema_problem
 from biz2bricks_devtools.localservices import LocalService
@@ -152,6 +153,71 @@ def test_events_stored_at_zero_without_a_price_become_unpriced(empty_database: s
     ]
     assert rows[1][1] is None
     assert unpriced == 1
+
+
+def test_credits_become_grants_that_keep_every_allowance(empty_database: str) -> None:
+    # Given a database at 0006 with credits on organizations in every situation: within the
+    # plan, beyond it in the current period, beyond it in a period that ended, unlimited
+    migrate(empty_database, "0006")
+    cases = {  # plan limit, used, credits, period ended
+        "within": (1_000, 400, 500, False),
+        "beyond": (1_000, 1_200, 500, False),
+        "beyond_all": (1_000, 2_000, 500, False),
+        "ended": (1_000, 1_300, 500, True),
+        "unlimited": (None, 5_000, 500, False),
+        "none": (1_000, 10, 0, False),
+    }
+
+    async def seed() -> dict[str, uuid.UUID]:
+        conn = await asyncpg.connect(libpq_url(make_url(empty_database)))
+        orgs = {}
+        try:
+            for name, (limit, used, credits, ended) in cases.items():
+                orgs[name] = await conn.fetchval(
+                    "INSERT INTO organizations (id, name) VALUES (gen_random_uuid(), $1)"
+                    " RETURNING id",
+                    name,
+                )
+                shift = "interval '2 months'" if ended else "interval '0 months'"
+                await conn.execute(
+                    "INSERT INTO usage_limits (organization_id, plan, token_limit,"
+                    " tokens_used_period, credits_tokens, period_start, period_end)"
+                    f" VALUES ($1, 'pro', $2, $3, $4, date_trunc('month', now()) - {shift},"
+                    f" date_trunc('month', now()) - {shift} + interval '1 month')",
+                    orgs[name],
+                    limit,
+                    used,
+                    credits,
+                )
+        finally:
+            await conn.close()
+        return orgs
+
+    orgs = asyncio.run(seed())
+
+    # When upgraded to head
+    migrate(empty_database)
+
+    # Then each organization's allowance and what it has left are what they were
+    async def decisions() -> dict[str, tuple[int | None, int | None]]:
+        db = DatabaseManager(DatabaseConfig(database_url=empty_database))
+        try:
+            service = UsageService(db)
+            out = {}
+            for name, org in orgs.items():
+                decision = await service.check_token_limit(org)
+                out[name] = (decision.limit, decision.remaining)
+            return out
+        finally:
+            await db.dispose()
+
+    expected = {}
+    for name, (limit, used, credits, ended) in cases.items():
+        used_now = 0 if ended else used
+        allowance = None if limit is None else limit + credits
+        left = None if allowance is None else max(allowance - used_now, 0)
+        expected[name] = (allowance, left)
+    assert asyncio.run(decisions()) == expected
 
 
 # the start-up check of the schema revision

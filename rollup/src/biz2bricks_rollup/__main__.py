@@ -15,6 +15,7 @@ from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
+from biz2bricks_rollup.grants import sweep_grants
 from biz2bricks_rollup.holds_reconcile import (
     HoldRetention,
     find_hold_states,
@@ -91,7 +92,12 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
             retention = HoldRetention()
             results = await run_rollup(db, _days(args), wait=args.wait, progress=_progress)
             pruned = await prune_ended_holds(db, retention.days)
-            summary = {"days": [r.as_dict() for r in results], "holds_pruned": pruned}
+            expired = await sweep_grants(db)
+            summary = {
+                "days": [r.as_dict() for r in results],
+                "holds_pruned": pruned,
+                "grant_tokens_expired": expired,
+            }
             if not sys.stdout.isatty():
                 print(json.dumps(summary))
             else:

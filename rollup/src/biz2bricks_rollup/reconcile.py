@@ -1,11 +1,13 @@
 """Reconcile: recompute each organization's counters from the facts and repair drift.
 
 Tokens, cost and the count of unpriced events come from ``usage_events`` in the organization's
-current period. Storage is judged only where the project can derive it: an organization with rows
-in ``documents`` (live or deleted) has ``storage_used_bytes`` = the sum of its live documents'
-sizes. An organization without any documents row keeps its documents elsewhere (its application
-reserves and releases storage through UsageService but does not write ``documents``): its
-reserved total is reported, never judged as drift and never "repaired" to zero.
+current period; what credit grants paid for in it from the consume rows of ``credit_ledger``;
+the cache of the live grants' remaining from ``credit_grants``. Storage is judged only where
+the project can derive it: an organization with rows in ``documents`` (live or deleted) has
+``storage_used_bytes`` = the sum of its live documents' sizes. An organization without any
+documents row keeps its documents elsewhere (its application reserves and releases storage
+through UsageService but does not write ``documents``): its reserved total is reported, never
+judged as drift and never "repaired" to zero.
 
 Repairs lock the rows they fix (organization order, as the consumer does), recompute under the
 lock and write in the same transaction, so they cannot race the consumer. Caveat: a storage
@@ -23,6 +25,7 @@ from sqlalchemy import text
 
 from biz2bricks_core.counters import lock_counters_sql
 from biz2bricks_core.counting import event_tokens_sql, unpriced_count_sql
+from biz2bricks_core.credits import REFRESH_GRANTS, grant_is_live_sql, grants_cache_valid_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.periods import in_period_sql
 
@@ -32,7 +35,9 @@ SELECT l.organization_id,
     l.cost_usd_period, coalesce(e.cost, 0) AS expected_cost,
     l.unpriced_events_period, coalesce(e.unpriced, 0) AS expected_unpriced,
     l.storage_used_bytes,
-    CASE WHEN d.derivable THEN coalesce(d.bytes, 0) END AS expected_storage
+    CASE WHEN d.derivable THEN coalesce(d.bytes, 0) END AS expected_storage,
+    l.grants_consumed_period, coalesce(c.consumed, 0) AS expected_grants_consumed,
+    l.grants_remaining, coalesce(g.live, 0) AS expected_grants_remaining
 FROM usage_limits l
 LEFT JOIN LATERAL (
     SELECT sum({event_tokens_sql("input_tokens", "output_tokens")}) AS tokens,
@@ -43,6 +48,14 @@ LEFT JOIN LATERAL (
     SELECT sum(size_bytes) FILTER (WHERE doc.deleted_at IS NULL) AS bytes,
         count(*) > 0 AS derivable
     FROM documents doc WHERE doc.organization_id = l.organization_id) d ON true
+LEFT JOIN LATERAL (
+    SELECT sum(tokens) AS consumed FROM credit_ledger cl
+    WHERE cl.organization_id = l.organization_id AND cl.kind = 'consume'
+        AND cl.period_start = l.period_start) c ON true
+LEFT JOIN LATERAL (
+    SELECT sum(remaining) AS live FROM credit_grants gr
+    WHERE gr.organization_id = l.organization_id AND gr.remaining > 0
+        AND {grant_is_live_sql("gr")}) g ON true
 WHERE {{where}}
 ORDER BY l.organization_id
 """
@@ -51,6 +64,10 @@ DRIFTED = (
     "l.tokens_used_period <> coalesce(e.tokens, 0) OR l.cost_usd_period <> coalesce(e.cost, 0)"
     " OR l.unpriced_events_period <> coalesce(e.unpriced, 0)"
     " OR (d.derivable AND l.storage_used_bytes <> coalesce(d.bytes, 0))"
+    # What grants paid for in the period is the sum of its consume rows in the ledger; the
+    # cache of the live grants is judged only while it claims to be exact.
+    " OR l.grants_consumed_period <> coalesce(c.consumed, 0)"
+    f" OR ({grants_cache_valid_sql('l')} AND l.grants_remaining <> coalesce(g.live, 0))"
 )
 FIND = text(EXPECTED.format(where=DRIFTED))
 RECHECK = text(EXPECTED.format(where="l.organization_id = ANY(:orgs) AND (" + DRIFTED + ")"))
@@ -63,7 +80,7 @@ RESERVED_ONLY = text(
 LOCK = text(lock_counters_sql("SELECT unnest(CAST(:orgs AS uuid[]))"))
 REPAIR = text(
     "UPDATE usage_limits SET tokens_used_period = :tokens, cost_usd_period = :cost,"
-    " unpriced_events_period = :unpriced,"
+    " unpriced_events_period = :unpriced, grants_consumed_period = :grants_consumed,"
     " storage_used_bytes = coalesce(:storage, storage_used_bytes), updated_at = now()"
     " WHERE organization_id = :org"
 )
@@ -86,6 +103,10 @@ class Drift:
     expected_storage: int | None  # None: not derivable (no documents rows), left as it is
     unpriced: int = 0
     expected_unpriced: int = 0
+    grants_consumed: int = 0
+    expected_grants_consumed: int = 0
+    grants_remaining: int = 0
+    expected_grants_remaining: int = 0
 
     def describe(self) -> str:
         """One line: what differs and by how much."""
@@ -99,6 +120,15 @@ class Drift:
             parts.append(f"cost {self.cost} vs {self.expected_cost}")
         if self.unpriced != self.expected_unpriced:
             parts.append(f"unpriced events {self.unpriced} vs {self.expected_unpriced}")
+        if self.grants_consumed != self.expected_grants_consumed:
+            parts.append(
+                f"grants consumed {self.grants_consumed} vs ledger {self.expected_grants_consumed}"
+            )
+        if self.grants_remaining != self.expected_grants_remaining:
+            parts.append(
+                f"live grants {self.grants_remaining}"
+                f" vs grant rows {self.expected_grants_remaining}"
+            )
         if self.expected_storage is not None and self.storage != self.expected_storage:
             parts.append(
                 f"storage {self.storage} vs {self.expected_storage} "
@@ -119,6 +149,10 @@ def _drift(row: object) -> Drift:
         None if r["expected_storage"] is None else int(r["expected_storage"]),
         int(r["unpriced_events_period"]),
         int(r["expected_unpriced"]),
+        int(r["grants_consumed_period"]),
+        int(r["expected_grants_consumed"]),
+        int(r["grants_remaining"]),
+        int(r["expected_grants_remaining"]),
     )
 
 
@@ -167,6 +201,7 @@ async def repair(db: DatabaseManager, drifts: list[Drift]) -> list[Drift]:
                     "cost": d.expected_cost,
                     "unpriced": d.expected_unpriced,
                     "storage": d.expected_storage,
+                    "grants_consumed": d.expected_grants_consumed,
                 },
             )
             await conn.execute(
@@ -176,6 +211,12 @@ async def repair(db: DatabaseManager, drifts: list[Drift]) -> list[Drift]:
                     "entity": str(d.organization_id),
                     "details": _details(d),
                 },
+            )
+        if fixed:
+            # The grants' cache, from the rows, under the same locks.
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.execute(  # type: ignore[union-attr]
+                REFRESH_GRANTS, [d.organization_id for d in fixed]
             )
     return fixed
 
@@ -189,5 +230,7 @@ def _details(d: Drift) -> str:
             "cost": [str(d.cost), str(d.expected_cost)],
             "storage": [d.storage, d.expected_storage],
             "unpriced_events": [d.unpriced, d.expected_unpriced],
+            "grants_consumed": [d.grants_consumed, d.expected_grants_consumed],
+            "grants_remaining": [d.grants_remaining, d.expected_grants_remaining],
         }
     )

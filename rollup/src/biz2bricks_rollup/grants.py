@@ -1,0 +1,38 @@
+"""Tidy the credit grants: record the expiries in the ledger and refresh the grants' cache.
+
+No answer depends on this (every reader compares grants with ``now()``); it keeps the ledger
+complete (an expire row with each expired grant's breakage) and the counters' cache exact, so
+that the request path takes its one-statement fast path again. Each organization is handled
+under its counter-row lock, in the consumers' order, a chunk at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from biz2bricks_core.counters import lock_counters_sql
+from biz2bricks_core.credits import REFRESH_GRANTS
+from biz2bricks_core.database import DatabaseManager
+
+CHUNK: Final = 500
+DUE: Final = (
+    "SELECT organization_id FROM usage_limits WHERE grants_next_change <= now()"
+    " ORDER BY organization_id LIMIT $1"
+)
+LOCK: Final = lock_counters_sql("SELECT unnest($1::uuid[])")
+
+
+async def sweep_grants(db: DatabaseManager) -> int:
+    """Refresh every organization whose grants started or ended since its cache was written;
+    returns the tokens recorded as expired."""
+    expired = 0
+    while True:
+        async with db.driver() as conn, conn.transaction():
+            due = [r[0] for r in await conn.fetch(DUE, CHUNK)]
+            if not due:
+                return expired
+            await conn.fetch(LOCK, due)
+            rows = await conn.fetch(REFRESH_GRANTS, due)
+            expired += sum(int(r["expired"]) for r in rows)
+        if len(due) < CHUNK:
+            return expired
