@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageEvent
 from biz2bricks_devtools.localservices import LocalService, start_postgres
@@ -161,3 +162,20 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+async def add_grants(conn: Any, orgs: list[uuid.UUID], per_org: int, tokens: int) -> None:
+    """``per_org`` live credit grants of ``tokens`` for each organization, with the expiries
+    and priorities spread as real grants are, and the grants' cache written."""
+    from biz2bricks_core.credits import REFRESH_GRANTS
+
+    await conn.execute(
+        "INSERT INTO credit_grants (organization_id, tokens, remaining, priority, expires_at)"
+        " SELECT o, $2, $2, 10 - i % 3, CASE WHEN i % 2 = 0 THEN NULL"
+        "   ELSE now() + make_interval(days => 30 * i) END"
+        " FROM unnest($1::uuid[]) o CROSS JOIN generate_series(1, $3) i",
+        orgs,
+        tokens,
+        per_org,
+    )
+    await conn.execute(REFRESH_GRANTS, orgs)

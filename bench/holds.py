@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from bench._common import bench_database, manager, percentile
+from bench._common import add_grants, bench_database, manager, percentile
 from biz2bricks_core import DatabaseManager, UsageService
 
 RAW_CONDITIONAL_UPDATE = (
@@ -37,6 +37,9 @@ async def timed(call: Callable[[], Awaitable[object]], n: int, out: list[float])
         out.append(time.perf_counter() - start)
 
 
+GRANTS_PER_ORG = 5  # live credit grants of every organization (--grants)
+
+
 async def limited_org(db: DatabaseManager, service: UsageService) -> uuid.UUID:
     org = uuid.uuid4()
     await service.provision_organization(org, plan="free")
@@ -44,6 +47,7 @@ async def limited_org(db: DatabaseManager, service: UsageService) -> uuid.UUID:
         await driver.execute(
             "UPDATE usage_limits SET token_limit = $2 WHERE organization_id = $1", org, HUGE_LIMIT
         )
+        await add_grants(driver, [org], GRANTS_PER_ORG, 1_000_000)
     return org
 
 
@@ -113,6 +117,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--burst", type=int, default=20_000)
     parser.add_argument("--callers", type=int, default=50)
+    parser.add_argument("--grants", type=int, default=5, help="live credit grants per org")
     args = parser.parse_args()
+    GRANTS_PER_ORG = args.grants
     with bench_database() as (url, _server):
         asyncio.run(measure(url, args.calls, args.rounds, args.burst, args.callers))

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from bench._common import bench_database, manager, percentile
+from bench._common import add_grants, bench_database, manager, percentile
 from biz2bricks_core import DatabaseManager, UsageService
 
 
@@ -24,11 +24,16 @@ async def timed(call: Callable[[], Awaitable[object]], n: int, out: list[float])
         out.append(time.perf_counter() - start)
 
 
-async def measure(url: str, calls: int, rounds: int) -> None:
+async def measure(url: str, calls: int, rounds: int, grants: int) -> None:
     db: DatabaseManager = manager(url)
     service = UsageService(db)
     org = uuid.uuid4()
     await service.provision_organization(org, plan="business")
+    async with db.driver() as driver:  # a limited plan, so the allowance reads the grants
+        await driver.execute(
+            "UPDATE usage_limits SET token_limit = 1000000 WHERE organization_id = $1", org
+        )
+        await add_grants(driver, [org], grants, 1_000_000)
 
     async def raw_select() -> None:
         async with db.engine.connect() as conn:
@@ -78,6 +83,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--grants", type=int, default=5, help="live credit grants of the org")
     args = parser.parse_args()
     with bench_database() as (url, _server):
-        asyncio.run(measure(url, args.calls, args.rounds))
+        asyncio.run(measure(url, args.calls, args.rounds, args.grants))
