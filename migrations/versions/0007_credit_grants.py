@@ -308,7 +308,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.CheckConstraint(
-            "kind IN ('grant', 'consume', 'expire', 'void')",
+            "kind IN ('grant', 'consume', 'restore', 'expire', 'void')",
             name=op.f("ck_credit_ledger_kind_known"),
         ),
         sa.CheckConstraint("tokens >= 0", name=op.f("ck_credit_ledger_tokens_nonnegative")),

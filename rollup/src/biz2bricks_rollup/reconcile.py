@@ -43,14 +43,16 @@ LEFT JOIN LATERAL (
     SELECT sum({event_tokens_sql("input_tokens", "output_tokens")}) AS tokens,
         sum(cost_usd) AS cost, {unpriced_count_sql("cost_usd")} AS unpriced
     FROM usage_events ev WHERE ev.organization_id = l.organization_id
-        AND {in_period_sql("ev.occurred_at", "l.period_start", "l.period_end")}) e ON true
+        AND {in_period_sql("ev.occurred_at", "l.period_start", "l.period_end")}
+        AND ev.voided_at IS NULL) e ON true
 LEFT JOIN LATERAL (
     SELECT sum(size_bytes) FILTER (WHERE doc.deleted_at IS NULL) AS bytes,
         count(*) > 0 AS derivable
     FROM documents doc WHERE doc.organization_id = l.organization_id) d ON true
 LEFT JOIN LATERAL (
-    SELECT sum(tokens) AS consumed FROM credit_ledger cl
-    WHERE cl.organization_id = l.organization_id AND cl.kind = 'consume'
+    SELECT sum(CASE WHEN cl.kind = 'consume' THEN tokens ELSE -tokens END) AS consumed
+    FROM credit_ledger cl
+    WHERE cl.organization_id = l.organization_id AND cl.kind IN ('consume', 'restore')
         AND cl.period_start = l.period_start) c ON true
 LEFT JOIN LATERAL (
     SELECT sum(remaining) AS live FROM credit_grants gr

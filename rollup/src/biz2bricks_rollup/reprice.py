@@ -36,7 +36,7 @@ SELECT_EVENTS = """
 SELECT event_id, organization_id, occurred_at, provider, model, input_tokens
 FROM usage_events
 WHERE occurred_at >= $1::timestamptz AND occurred_at < $2::timestamptz
-    AND (NOT $3::boolean OR cost_usd IS NULL)
+    AND (NOT $3::boolean OR cost_usd IS NULL) AND voided_at IS NULL
     AND (occurred_at, event_id) > ($4::timestamptz, $5::uuid)
 ORDER BY occurred_at, event_id
 LIMIT $6::integer

@@ -40,7 +40,7 @@ WITH agg AS (
         -- The cost of the priced events; unpriced_count says how many it leaves out.
         coalesce(sum(cost_usd), 0) AS cost_usd, {unpriced_count_sql("cost_usd")} AS unpriced_count
     FROM usage_events
-    WHERE occurred_at >= :start AND occurred_at < :end
+    WHERE occurred_at >= :start AND occurred_at < :end AND voided_at IS NULL
     GROUP BY organization_id, provider, model
 ),
 written AS (
@@ -84,9 +84,16 @@ MARK_DAY = text(
 DUE_DAYS = text(
     """
 SELECT d.day FROM (
-    SELECT CAST(timezone('UTC', occurred_at) AS date) AS day, max(received_at) AS last_received
-    FROM usage_events
-    WHERE received_at > coalesce((SELECT max(watermark) FROM usage_rollup_days), '-infinity')
+    SELECT day, max(last_received) AS last_received FROM (
+        SELECT CAST(timezone('UTC', occurred_at) AS date) AS day, received_at AS last_received
+        FROM usage_events
+        WHERE received_at > coalesce((SELECT max(watermark) FROM usage_rollup_days), '-infinity')
+        UNION ALL
+        -- A correction (void, amend) makes its event's day due again.
+        SELECT CAST(timezone('UTC', occurred_at) AS date), created_at
+        FROM usage_corrections
+        WHERE created_at > coalesce((SELECT max(watermark) FROM usage_rollup_days), '-infinity')
+    ) changed
     GROUP BY 1
 ) d
 LEFT JOIN usage_rollup_days r USING (day)

@@ -29,6 +29,7 @@ from biz2bricks_core.holds import TokenHold
 from biz2bricks_core.pricing import PriceBook, TokenPrice, event_cost
 
 if TYPE_CHECKING:
+    from biz2bricks_core.corrections import VoidResult
     from biz2bricks_core.database import DatabaseManager, get_database_manager
     from biz2bricks_core.usage_service import (
         LimitDecision,
@@ -60,6 +61,7 @@ __all__ = [
     "UsageService",
     "UsageServiceSettings",
     "UsageSnapshot",
+    "VoidResult",
     "decode_event",
     "encode_event",
     "event_cost",
@@ -73,6 +75,7 @@ _LAZY = {
     "UsageService": "biz2bricks_core.usage_service",
     "UsageServiceSettings": "biz2bricks_core.usage_service",
     "UsageSnapshot": "biz2bricks_core.usage_service",
+    "VoidResult": "biz2bricks_core.corrections",
 }
 
 

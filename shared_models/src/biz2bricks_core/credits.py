@@ -15,6 +15,8 @@ The rules, each in Python and in SQL:
 - ``burn``: those tokens consume live grants in order (``BURN_ORDER``): lower ``priority``
   first, then the earliest ``expires_at`` (no expiry last), then the oldest, then by id.
   What the live grants cannot pay stays unpaid overage.
+- ``restore``: a void of usage that grants paid for gives them back, the last paid first, so
+  that what stays consumed is what the burn would have taken for the usage that is left.
 
 The allowance (biz2bricks_core.allowance) is the plan's limit + what grants paid for in this
 period (``grants_consumed_period``) + ``live_remaining``: burning moves tokens from the second
@@ -47,8 +49,10 @@ __all__ = [
     "grant_is_live",
     "grant_is_live_sql",
     "grants_cache_valid_sql",
+    "grants_kept_after_void",
     "live_grants_remaining_sql",
     "live_remaining",
+    "restore",
 ]
 
 
@@ -138,6 +142,31 @@ def burn(grants: Sequence[GrantState], tokens: int, now: datetime) -> list[tuple
             taken.append((grant.id, take))
             left -= take
     return taken
+
+
+def grants_kept_after_void(consumed: int, used_after: int, token_limit: int | None) -> int:
+    """What grants still pay for in a period after a void brought its usage to ``used_after``:
+    the beyond-plan usage left, at most what they paid (an unlimited plan never burned any)."""
+    if token_limit is None:
+        return consumed
+    return min(consumed, max(used_after - token_limit, 0))
+
+
+def restore(paid: Sequence[tuple[GrantState, int]], tokens: int) -> list[tuple[uuid.UUID, int]]:
+    """Give ``tokens`` back to the grants that paid them in a period (each with what it paid,
+    net of earlier restores): the last paid in the burn order first, so what stays consumed is
+    what the burn order would have consumed for the usage left. Python only: a void is a
+    low-rate admin call, never part of the batch statement."""
+    given: list[tuple[uuid.UUID, int]] = []
+    left = tokens
+    for grant, amount in sorted(paid, key=lambda p: burn_order_key(p[0]), reverse=True):
+        if left <= 0:
+            break
+        give = min(amount, left)
+        if give > 0:
+            given.append((grant.id, give))
+            left -= give
+    return given
 
 
 def grants_cache_valid_sql(limits: str) -> str:

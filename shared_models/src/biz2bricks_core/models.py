@@ -42,6 +42,7 @@ __all__ = [
     "SubscriptionPlanModel",
     "TokenHoldModel",
     "UsageAlertModel",
+    "UsageCorrectionModel",
     "UsageDailySummaryModel",
     "UsageEventModel",
     "UsageEventRejectModel",
@@ -343,6 +344,10 @@ class UsageEventModel(Base):
     operation: Mapped[str | None] = mapped_column(String(200))
     request_id: Mapped[str | None] = mapped_column(String(200))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    # A voided event stays (append-only) and counts nowhere; usage_corrections says why.
+    voided_at: Mapped[datetime | None]
+    # The event this one amends (a correction of a voided original).
+    amends: Mapped[uuid.UUID | None]
     # The token hold the event carried (settled by it if the hold was live; no foreign key,
     # since a settled hold is deleted and the event is its record).
     reservation_id: Mapped[uuid.UUID | None]
@@ -500,16 +505,19 @@ class CreditGrantModel(Base):
 
 
 class CreditLedgerModel(Base):
-    """Every movement of a grant: granted, consumed by usage in a period, expired, voided.
+    """Every movement of a grant: granted, consumed by usage in a period, restored by a void of
+    that usage, expired, voided.
 
-    Appended only. Reconcile checks the counters against it: a period's consume rows sum to
-    ``grants_consumed_period``, and a grant's tokens less its consume and void rows equal its
-    ``remaining``. A grant ends once: one expire or void row at most.
+    Appended only. Reconcile checks the counters against it: a period's consume rows less its
+    restore rows sum to ``grants_consumed_period``. A grant ends once: one expire or void row
+    at most.
     """
 
     __tablename__ = "credit_ledger"
     __table_args__ = (
-        CheckConstraint("kind IN ('grant', 'consume', 'expire', 'void')", name="kind_known"),
+        CheckConstraint(
+            "kind IN ('grant', 'consume', 'restore', 'expire', 'void')", name="kind_known"
+        ),
         CheckConstraint("tokens >= 0", name="tokens_nonnegative"),
         Index(
             "uq_credit_ledger_grant_end",
@@ -527,4 +535,38 @@ class CreditLedgerModel(Base):
     tokens: Mapped[int] = mapped_column(BigInteger)
     # The counters' period when it was written (NULL for a grant row).
     period_start: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created_at()
+
+
+class UsageCorrectionModel(Base):
+    """One correction of a stored event: a void (and, for an amend, the event replacing it).
+
+    The event row stays; this row records what changed, why and who asked, what the void gave
+    back to the counters of the period the event counted in, and when (the rollup rolls the
+    event's day up again; statements book a correction of a closed period on the open one).
+    """
+
+    __tablename__ = "usage_corrections"
+    __table_args__ = (
+        CheckConstraint("kind IN ('void', 'amend')", name="kind_known"),
+        Index("ix_usage_corrections_organization_id", "organization_id", "created_at"),
+        Index("ix_usage_corrections_created_brin", "created_at", postgresql_using="brin"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    organization_id: Mapped[uuid.UUID]
+    event_id: Mapped[uuid.UUID]
+    kind: Mapped[str] = mapped_column(String(16))
+    new_event_id: Mapped[uuid.UUID | None]
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(String(200))
+    occurred_at: Mapped[datetime]
+    provider: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(100))
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    # Whether the event counted in the organization's current period when it was voided (its
+    # tokens, cost and grant consumption were given back), and the grant tokens restored.
+    counted: Mapped[bool] = mapped_column(Boolean)
+    grants_restored: Mapped[int] = mapped_column(BigInteger, server_default="0")
     created_at: Mapped[datetime] = _created_at()

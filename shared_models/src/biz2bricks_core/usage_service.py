@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -22,6 +23,7 @@ from biz2bricks_core._arguments import as_count, as_moment, as_org_id, as_ttl, a
 from biz2bricks_core._provisioning import provision
 from biz2bricks_core.allowance import allowance, remaining, token_reason
 from biz2bricks_core.config import Settings
+from biz2bricks_core.corrections import VoidResult, void_events
 from biz2bricks_core.credits import CreditGrant, live_grants_remaining_sql
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
 from biz2bricks_core.errors import (
@@ -336,6 +338,32 @@ class UsageService:
         """The organization's grants in burn order; expired and voided ones with
         ``include_ended``."""
         return await _grants.list_grants(self.db, as_org_id(organization_id), include_ended)
+
+    async def void_events(
+        self,
+        organization_id: uuid.UUID | str,
+        *,
+        event_ids: Sequence[uuid.UUID | str] | None = None,
+        request_id: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        reason: str,
+        actor: str | None = None,
+    ) -> VoidResult:
+        """Void the organization's events named by ``event_ids``, a ``request_id``, or a range
+        ``[start, end)`` of ``occurred_at``: they stay stored and count nowhere; the counters of
+        the period they counted in give back their tokens, cost and what they consumed of
+        grants, in this transaction (biz2bricks_core.corrections). Idempotent."""
+        return await void_events(
+            self.db,
+            as_org_id(organization_id),
+            event_ids=None if event_ids is None else [as_uuid("event_ids", e) for e in event_ids],
+            request_id=request_id,
+            start=as_moment("start", start),
+            end=as_moment("end", end),
+            reason=reason,
+            actor=actor,
+        )
 
     async def get_usage(self, organization_id: uuid.UUID | str) -> UsageSnapshot:
         """A snapshot of the organization's usage and limits in its current period."""

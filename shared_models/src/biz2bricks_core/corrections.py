@@ -1,0 +1,261 @@
+"""Corrections of recorded usage: voids, appended, with every dependent number kept in step.
+
+A void never deletes or rewrites the fact: the event row stays with ``voided_at`` set (it
+counts nowhere from then on, and a redelivery of it inserts nothing, so it is never counted
+again), and a ``usage_corrections`` row records why, who asked, and what it gave back. In the
+same transaction, under the organization's counter-row lock (the consumer's lock order):
+
+- an event that counted in the organization's current period gives back its tokens, cost and
+  unpriced count (biz2bricks_core.periods decides where it counted);
+- what grants paid for beyond the plan is recomputed for the usage left
+  (``credits.grants_kept_after_void``), and the difference goes back to the grants that paid,
+  last paid first (``credits.restore``), with a restore row per grant in the ledger;
+- summaries follow at the next rollup run: a correction makes its event's day due again.
+
+Events of a period that is not the current one (counters already rolled) give back nothing to
+the counters; statements book them as adjustments (biz2bricks_core.statements).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from biz2bricks_core.counting import event_tokens_sql
+from biz2bricks_core.credits import REFRESH_GRANTS, GrantState, grants_kept_after_void, restore
+from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
+from biz2bricks_core.periods import in_period
+
+__all__ = ["VoidResult", "void_events"]
+
+LOCK: Final = (
+    "SELECT now() AS now, period_start, period_end, token_limit, tokens_used_period,"
+    " grants_consumed_period FROM usage_limits WHERE organization_id = $1 FOR UPDATE"
+)
+# The organization's events a void names: by ids, by request id, or by a range of occurred_at.
+SELECT_TARGETS: Final = (
+    "SELECT event_id, voided_at FROM usage_events WHERE organization_id = $1"
+    " AND ($2::uuid[] IS NULL OR event_id = ANY($2::uuid[]))"
+    " AND ($3::text IS NULL OR request_id = $3::text)"
+    " AND ($4::timestamptz IS NULL OR occurred_at >= $4::timestamptz)"
+    " AND ($5::timestamptz IS NULL OR occurred_at < $5::timestamptz)"
+)
+VOID: Final = (
+    "UPDATE usage_events SET voided_at = now() WHERE event_id = ANY($1::uuid[])"
+    " AND organization_id = $2 AND voided_at IS NULL"
+    " RETURNING event_id, occurred_at, provider, model,"
+    f" {event_tokens_sql('input_tokens', 'output_tokens')} AS tokens, cost_usd"
+)
+GIVE_BACK: Final = (
+    "UPDATE usage_limits SET tokens_used_period = tokens_used_period - $2,"
+    " cost_usd_period = cost_usd_period - $3, unpriced_events_period = unpriced_events_period - $4,"
+    " grants_consumed_period = grants_consumed_period - $5, counters_updated_at = now(),"
+    " updated_at = now() WHERE organization_id = $1"
+)
+# What each grant paid for in the period, net of what earlier voids restored.
+PAID_IN_PERIOD: Final = (
+    "SELECT g.id, g.remaining, g.priority, g.effective_at, g.expires_at, g.voided_at,"
+    " g.created_at, sum(CASE WHEN c.kind = 'consume' THEN c.tokens ELSE -c.tokens END) AS paid"
+    " FROM credit_ledger c JOIN credit_grants g ON g.id = c.grant_id"
+    " WHERE c.organization_id = $1 AND c.period_start = $2 AND c.kind IN ('consume', 'restore')"
+    " GROUP BY g.id"
+)
+RESTORE: Final = (
+    "WITH given AS (SELECT * FROM unnest($2::uuid[], $3::bigint[]) AS t(grant_id, tokens)),"
+    " restored AS (UPDATE credit_grants g SET remaining = least(g.remaining + given.tokens,"
+    "   g.tokens) FROM given WHERE g.id = given.grant_id AND g.voided_at IS NULL)"
+    " INSERT INTO credit_ledger (organization_id, grant_id, kind, tokens, period_start)"
+    " SELECT $1, grant_id, 'restore', tokens, $4 FROM given"
+)
+RECORD: Final = (
+    "INSERT INTO usage_corrections (organization_id, event_id, kind, new_event_id, reason,"
+    " actor, occurred_at, provider, model, tokens, cost_usd, counted, grants_restored)"
+    " SELECT $1, e, $2, NULL, $3, $4, o, p, m, t, c, k, r FROM unnest($5::uuid[],"
+    " $6::timestamptz[], $7::text[], $8::text[], $9::bigint[], $10::numeric[], $11::boolean[],"
+    " $12::bigint[]) AS x(e, o, p, m, t, c, k, r)"
+)
+AUDIT: Final = (
+    "INSERT INTO audit_logs (organization_id, action, entity_type, details)"
+    " VALUES ($1, 'usage.void', 'usage_events', $2::jsonb)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VoidResult:
+    """What a void did: events voided now, voided before, ids not found (of the organization),
+    and the tokens and (priced) cost of the events voided now."""
+
+    voided: int
+    already_voided: int
+    not_found: int
+    tokens: int
+    cost_usd: Decimal
+
+
+def _selector(
+    event_ids: Sequence[uuid.UUID] | None,
+    request_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> None:
+    chosen = [event_ids is not None, request_id is not None, start is not None or end is not None]
+    if sum(chosen) != 1:
+        raise InvalidArgumentError(
+            "void_events: name the events by exactly one of event_ids, request_id, or start and end"
+        )
+    if (start is None) != (end is None):
+        raise InvalidArgumentError("start and end: give both, for the range [start, end)")
+    for name, moment in (("start", start), ("end", end)):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidArgumentError(f"{name}: must be a timezone-aware datetime")
+    if start is not None and end is not None and end <= start:
+        raise InvalidArgumentError("end: must be after start")
+
+
+async def void_events(
+    db: DatabaseManager,
+    org: uuid.UUID,
+    *,
+    event_ids: Sequence[uuid.UUID] | None,
+    request_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    reason: str,
+    actor: str | None,
+    kind: str = "void",
+    conn: Any = None,
+) -> VoidResult:
+    """Void the organization's named events; see the module docstring. Idempotent."""
+    _selector(event_ids, request_id, start, end)
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidArgumentError("reason: say why the usage is voided (a non-empty string)")
+    if conn is not None:
+        return await _void(conn, org, event_ids, request_id, start, end, reason, actor, kind)
+    async with db.unavailable_as_error(), db.driver() as own, own.transaction():
+        return await _void(own, org, event_ids, request_id, start, end, reason, actor, kind)
+
+
+async def _void(
+    conn: Any,
+    org: uuid.UUID,
+    event_ids: Sequence[uuid.UUID] | None,
+    request_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    reason: str,
+    actor: str | None,
+    kind: str,
+) -> VoidResult:
+    limits = await conn.fetchrow(LOCK, org)
+    if limits is None:
+        raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
+    ids = None if event_ids is None else list(dict.fromkeys(event_ids))
+    targets = await conn.fetch(SELECT_TARGETS, org, ids, request_id, start, end)
+    not_found = 0 if ids is None else len(ids) - len(targets)
+    already = sum(1 for t in targets if t["voided_at"] is not None)
+    open_ids = [t["event_id"] for t in targets if t["voided_at"] is None]
+    voided = await conn.fetch(VOID, open_ids, org) if open_ids else []
+    counted = [
+        in_period(v["occurred_at"], limits["period_start"], limits["period_end"]) for v in voided
+    ]
+    tokens = sum(int(v["tokens"]) for v, c in zip(voided, counted, strict=True) if c)
+    cost = sum(
+        (
+            v["cost_usd"]
+            for v, c in zip(voided, counted, strict=True)
+            if c and v["cost_usd"] is not None
+        ),
+        Decimal(0),
+    )
+    unpriced = sum(1 for v, c in zip(voided, counted, strict=True) if c and v["cost_usd"] is None)
+    restored = await _restore_grants(conn, org, limits, tokens)
+    if voided:
+        await conn.execute(GIVE_BACK, org, tokens, cost, unpriced, restored)
+        share = _shares(voided, counted, restored)
+        await conn.execute(
+            RECORD,
+            org,
+            kind,
+            reason,
+            actor,
+            [v["event_id"] for v in voided],
+            [v["occurred_at"] for v in voided],
+            [v["provider"] for v in voided],
+            [v["model"] for v in voided],
+            [int(v["tokens"]) for v in voided],
+            [v["cost_usd"] for v in voided],
+            counted,
+            share,
+        )
+        details = {
+            "events": len(voided),
+            "tokens": sum(int(v["tokens"]) for v in voided),
+            "counted_tokens": tokens,
+            "grants_restored": restored,
+            "reason": reason,
+            "actor": actor,
+        }
+        await conn.execute(AUDIT, org, json.dumps(details))
+    all_cost = sum((v["cost_usd"] for v in voided if v["cost_usd"] is not None), Decimal(0))
+    return VoidResult(
+        voided=len(voided),
+        already_voided=already,
+        not_found=not_found,
+        tokens=sum(int(v["tokens"]) for v in voided),
+        cost_usd=all_cost,
+    )
+
+
+async def _restore_grants(conn: Any, org: uuid.UUID, limits: Any, tokens: int) -> int:
+    """Give back to the grants what they paid for the voided usage; the tokens restored."""
+    consumed = int(limits["grants_consumed_period"])
+    if tokens == 0 or consumed == 0:
+        return 0
+    used_after = int(limits["tokens_used_period"]) - tokens
+    limit = limits["token_limit"]
+    give = consumed - grants_kept_after_void(consumed, used_after, limit)
+    if give <= 0:
+        return 0
+    rows = await conn.fetch(PAID_IN_PERIOD, org, limits["period_start"])
+    paid = [
+        (
+            GrantState(
+                r["id"],
+                int(r["remaining"]),
+                int(r["priority"]),
+                r["effective_at"],
+                r["expires_at"],
+                r["voided_at"],
+                r["created_at"],
+            ),
+            int(r["paid"]),
+        )
+        for r in rows
+    ]
+    given = restore(paid, give)
+    if not given:
+        return 0
+    await conn.execute(
+        RESTORE, org, [g for g, _ in given], [t for _, t in given], limits["period_start"]
+    )
+    await conn.execute(REFRESH_GRANTS, [org])
+    return sum(t for _, t in given)
+
+
+def _shares(voided: Sequence[Any], counted: Sequence[bool], restored: int) -> list[int]:
+    """The grant tokens restored, attributed to the voided events (the last ones first)."""
+    shares = [0] * len(voided)
+    left = restored
+    for i in reversed(range(len(voided))):
+        if left <= 0:
+            break
+        if counted[i]:
+            shares[i] = min(int(voided[i]["tokens"]), left)
+            left -= shares[i]
+    return shares
