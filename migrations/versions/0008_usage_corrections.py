@@ -1,4 +1,5 @@
-"""Corrections: usage_events.voided_at and amends, and usage_corrections.
+"""Corrections and statements: usage_events.voided_at and amends, usage_corrections, and
+usage_statements (closed statements, written once).
 
 A void keeps the event row (voided_at set; it counts nowhere) and appends a usage_corrections
 row saying what changed, why and who asked; an amend also points the replacing event at the
@@ -64,6 +65,17 @@ def upgrade() -> None:
         ["organization_id", "created_at"],
         unique=False,
     )
+    op.create_table(
+        "usage_statements",
+        sa.Column("organization_id", sa.UUID(), nullable=False),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("period_end", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "organization_id", "period_start", name=op.f("pk_usage_statements")
+        ),
+    )
     op.add_column("usage_events", sa.Column("voided_at", sa.DateTime(timezone=True), nullable=True))
     op.add_column("usage_events", sa.Column("amends", sa.UUID(), nullable=True))
 
@@ -76,3 +88,4 @@ def downgrade() -> None:
         "ix_usage_corrections_created_brin", table_name="usage_corrections", postgresql_using="brin"
     )
     op.drop_table("usage_corrections")
+    op.drop_table("usage_statements")

@@ -15,6 +15,7 @@ from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
+from biz2bricks_rollup import books
 from biz2bricks_rollup.grants import sweep_grants
 from biz2bricks_rollup.holds_reconcile import (
     HoldRetention,
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--dry-run", action="store_true", help="print the differences, change nothing"
     )
+    books.add_commands(commands)
     serve = commands.add_parser("serve", help="HTTP trigger for Cloud Scheduler (POST /)")
     serve.add_argument("--port", type=int, help="default $PORT or 8080")
     return parser
@@ -93,10 +95,12 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
             results = await run_rollup(db, _days(args), wait=args.wait, progress=_progress)
             pruned = await prune_ended_holds(db, retention.days)
             expired = await sweep_grants(db)
+            statements = await books.close_due_statements(db)
             summary = {
                 "days": [r.as_dict() for r in results],
                 "holds_pruned": pruned,
                 "grant_tokens_expired": expired,
+                "statements_closed": statements,
             }
             if not sys.stdout.isatty():
                 print(json.dumps(summary))
@@ -122,6 +126,10 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
             return EXIT_DRIFT if drifts or holds_drifted else EXIT_OK
         if args.command == "reprice":
             return await _reprice(db, args)
+        if args.command == "void":
+            return await books.run_void(db, args)
+        if args.command == "statement":
+            return await books.run_statement(db, args)
         return await _serve(db, args)
     except RollupBusyError as error:
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)

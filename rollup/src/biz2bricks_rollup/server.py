@@ -20,6 +20,7 @@ from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.served import ServedApp, alive
+from biz2bricks_rollup.books import close_due_statements
 from biz2bricks_rollup.grants import sweep_grants
 from biz2bricks_rollup.holds_reconcile import HoldRetention, prune_ended_holds
 from biz2bricks_rollup.rollup import RollupBusyError, run_rollup
@@ -110,10 +111,12 @@ class RollupServer:
             return web.json_response({"error": str(error)}, status=409)
         pruned = await prune_ended_holds(self._db, self._retention.days)
         expired = await sweep_grants(self._db)
+        statements = await close_due_statements(self._db)
         return web.json_response(
             {
                 "days": [r.as_dict() for r in results],
                 "holds_pruned": pruned,
                 "grant_tokens_expired": expired,
+                "statements_closed": statements,
             }
         )

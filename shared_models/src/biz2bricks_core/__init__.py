@@ -31,6 +31,7 @@ from biz2bricks_core.pricing import PriceBook, TokenPrice, event_cost
 if TYPE_CHECKING:
     from biz2bricks_core.corrections import VoidResult
     from biz2bricks_core.database import DatabaseManager, get_database_manager
+    from biz2bricks_core.statements import Statement
     from biz2bricks_core.usage_service import (
         LimitDecision,
         UsageService,
@@ -51,6 +52,7 @@ __all__ = [
     "LimitDecision",
     "PermanentError",
     "PriceBook",
+    "Statement",
     "TokenHold",
     "TokenPrice",
     "TransientError",
@@ -76,6 +78,7 @@ _LAZY = {
     "UsageServiceSettings": "biz2bricks_core.usage_service",
     "UsageSnapshot": "biz2bricks_core.usage_service",
     "VoidResult": "biz2bricks_core.corrections",
+    "Statement": "biz2bricks_core.statements",
 }
 
 

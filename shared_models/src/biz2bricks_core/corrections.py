@@ -32,19 +32,28 @@ from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
 from biz2bricks_core.periods import in_period
 
-__all__ = ["VoidResult", "void_events"]
+__all__ = ["VoidResult", "preview_void", "void_events"]
 
 LOCK: Final = (
     "SELECT now() AS now, period_start, period_end, token_limit, tokens_used_period,"
     " grants_consumed_period FROM usage_limits WHERE organization_id = $1 FOR UPDATE"
 )
 # The organization's events a void names: by ids, by request id, or by a range of occurred_at.
-SELECT_TARGETS: Final = (
-    "SELECT event_id, voided_at FROM usage_events WHERE organization_id = $1"
+TARGETS: Final = (
+    "organization_id = $1"
     " AND ($2::uuid[] IS NULL OR event_id = ANY($2::uuid[]))"
     " AND ($3::text IS NULL OR request_id = $3::text)"
     " AND ($4::timestamptz IS NULL OR occurred_at >= $4::timestamptz)"
     " AND ($5::timestamptz IS NULL OR occurred_at < $5::timestamptz)"
+)
+SELECT_TARGETS: Final = f"SELECT event_id, voided_at FROM usage_events WHERE {TARGETS}"
+# What a void would take away, per provider and model (a dry run prints it first).
+PREVIEW: Final = (
+    "SELECT provider, model, count(*) AS events,"
+    f" sum({event_tokens_sql('input_tokens', 'output_tokens')}) AS tokens,"
+    " sum(cost_usd) AS cost_usd, count(*) - count(cost_usd) AS unpriced"
+    f" FROM usage_events WHERE {TARGETS} AND voided_at IS NULL"
+    " GROUP BY provider, model ORDER BY provider, model"
 )
 VOID: Final = (
     "UPDATE usage_events SET voided_at = now() WHERE event_id = ANY($1::uuid[])"
@@ -139,6 +148,22 @@ async def void_events(
         return await _void(conn, org, event_ids, request_id, start, end, reason, actor, kind)
     async with db.unavailable_as_error(), db.driver() as own, own.transaction():
         return await _void(own, org, event_ids, request_id, start, end, reason, actor, kind)
+
+
+async def preview_void(
+    db: DatabaseManager,
+    org: uuid.UUID,
+    *,
+    event_ids: Sequence[uuid.UUID] | None,
+    request_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[Any]:
+    """What ``void_events`` with these selectors would void now, per provider and model."""
+    _selector(event_ids, request_id, start, end)
+    ids = None if event_ids is None else list(event_ids)
+    async with db.unavailable_as_error(), db.driver() as conn:
+        return list(await conn.fetch(PREVIEW, org, ids, request_id, start, end))
 
 
 async def _void(

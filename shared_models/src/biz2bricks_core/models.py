@@ -48,6 +48,7 @@ __all__ = [
     "UsageEventRejectModel",
     "UsageLimitsModel",
     "UsageRollupDayModel",
+    "UsageStatementModel",
     "UserModel",
 ]
 
@@ -570,3 +571,16 @@ class UsageCorrectionModel(Base):
     counted: Mapped[bool] = mapped_column(Boolean)
     grants_restored: Mapped[int] = mapped_column(BigInteger, server_default="0")
     created_at: Mapped[datetime] = _created_at()
+
+
+class UsageStatementModel(Base):
+    """A closed statement: written once by the rollup run, as the text it was sent as, and never
+    changed (biz2bricks_core.statements). Open statements are computed, not stored."""
+
+    __tablename__ = "usage_statements"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(primary_key=True)
+    period_end: Mapped[datetime]
+    closed_at: Mapped[datetime]
+    body: Mapped[str] = mapped_column(Text)

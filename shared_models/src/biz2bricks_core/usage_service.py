@@ -39,6 +39,7 @@ from biz2bricks_core.holds import (
     hold_from_row,
 )
 from biz2bricks_core.periods import period_reading, period_reading_sql
+from biz2bricks_core.statements import Statement, statement_of
 
 __all__ = [
     "DATABASE_DOWN_ERRORS",
@@ -365,6 +366,16 @@ class UsageService:
             actor=actor,
         )
 
+    async def get_statement(
+        self, organization_id: uuid.UUID | str, period_start: datetime
+    ) -> Statement:
+        """The organization's statement of the period that begins at ``period_start``: closed
+        (as it was sent, never changed) or open (computed now). See
+        biz2bricks_core.statements."""
+        return await statement_of(
+            self.db, as_org_id(organization_id), as_moment("period_start", period_start) or _no()
+        )
+
     async def get_usage(self, organization_id: uuid.UUID | str) -> UsageSnapshot:
         """A snapshot of the organization's usage and limits in its current period."""
         org = as_org_id(organization_id)
@@ -394,6 +405,10 @@ class UsageService:
             counters_updated_at=m["counters_updated_at"],
             unpriced_events_period=m["unpriced"],
         )
+
+
+def _no() -> datetime:
+    raise InvalidArgumentError("period_start: a timezone-aware datetime is required")
 
 
 def token_decision(row: Any, estimated_tokens: int) -> LimitDecision:

@@ -1,0 +1,91 @@
+"""Statements: open ones follow the facts, closed ones never change, later facts are adjustments."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from biz2bricks_core import DatabaseManager, InvalidArgumentError, UsageService
+from biz2bricks_core.periods import period_bounds
+from biz2bricks_core.statements import close_statements
+from tests.factories import make_event, provisioned_org, write_events
+
+
+async def stored_body(db: DatabaseManager, org: object, start: datetime) -> str:
+    async with db.engine.connect() as conn:
+        return str(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT body FROM usage_statements"
+                        " WHERE organization_id = :o AND period_start = :s"
+                    ),
+                    {"o": org, "s": start},
+                )
+            ).scalar_one()
+        )
+
+
+async def test_an_open_statement_shows_the_periods_usage_without_voided_events(
+    db: DatabaseManager,
+) -> None:
+    org = await provisioned_org(db, plan="free")
+    service = UsageService(db)
+    await service.grant_credits(org, 10_000)
+    events = [
+        make_event(org, input_tokens=60_000, output_tokens=0),
+        make_event(org, input_tokens=45_000, output_tokens=0, model="gpt-4o-mini"),
+        make_event(org, input_tokens=1_000, output_tokens=0, request_id="dup"),
+    ]
+    await write_events(db, events)
+    await service.void_events(org, request_id="dup", reason="duplicate")
+    start, end = period_bounds(datetime.now(UTC))
+    statement = await service.get_statement(org, start)
+    assert (statement.status, statement.closed_at, statement.period_end) == ("open", None, end)
+    assert [(x.model, x.requests) for x in statement.lines] == [("gpt-4o", 1), ("gpt-4o-mini", 1)]
+    assert statement.tokens == 105_000
+    # 5,000 beyond the free plan's 100,000, all paid by the grant (the voided call's 1,000
+    # were given back to it)
+    assert (statement.plan_limit, statement.credits_consumed, statement.overage_tokens) == (
+        100_000,
+        5_000,
+        0,
+    )
+    with pytest.raises(InvalidArgumentError, match="start of a period"):
+        await service.get_statement(org, start + timedelta(days=1))
+
+
+async def test_a_closed_statement_never_changes_and_later_facts_are_adjustments(
+    db: DatabaseManager,
+) -> None:
+    # Given usage in a period two months back, and its statement closed
+    org = await provisioned_org(db)
+    service = UsageService(db)
+    old_start, old_end = period_bounds(datetime.now(UTC) - timedelta(days=62))
+    old = [make_event(org, occurred_at=old_start + timedelta(days=3)) for _ in range(3)]
+    await write_events(db, old)
+    assert await close_statements(db, timedelta(0)) >= 1
+    closed = await service.get_statement(org, old_start)
+    body = await stored_body(db, org, old_start)
+    assert (closed.status, closed.tokens) == ("closed", 3 * 1_100)
+    assert await close_statements(db, timedelta(0)) == 0  # closed once
+    # When a late event for that period arrives and one of its events is voided
+    late = make_event(org, occurred_at=old_end - timedelta(hours=1), input_tokens=500)
+    await write_events(db, [late])
+    await service.void_events(org, event_ids=[old[0].event_id], reason="test traffic")
+    # Then the closed statement is byte for byte what it was
+    assert await stored_body(db, org, old_start) == body
+    again = await service.get_statement(org, old_start)
+    assert again.to_json() == closed.to_json() == body
+    # And the open statement carries both, naming the period they belong to
+    now_start, _ = period_bounds(datetime.now(UTC))
+    current = await service.get_statement(org, now_start)
+    assert current.lines == []
+    adjustments = [(a.belongs_to, a.kind, a.requests, a.input_tokens) for a in current.adjustments]
+    assert adjustments == [
+        (old_start, "late_event", 1, 500),
+        (old_start, "void", -1, -1_000),
+    ]
+    assert current.tokens == 600 - 1_100
