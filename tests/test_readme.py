@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_core import DatabaseConfig, UsageServiceSettings
 from biz2bricks_producer import ProducerSettings
+from biz2bricks_rollup.books import StatementSettings
 from biz2bricks_rollup.server import ServeSettings
 from tests.support import ROOT
 
@@ -19,6 +20,7 @@ SETTINGS: list[type[BaseSettings]] = [
     ProducerSettings,
     ConsumerSettings,
     ServeSettings,
+    StatementSettings,
 ]
 # Read by the commands themselves (argparse defaults), not by a settings object.
 COMMAND_VARIABLES = {"LOG_LEVEL"}
