@@ -9,10 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
-from typing import Any
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -21,24 +18,28 @@ from sqlalchemy import text
 from biz2bricks_core import _grants
 from biz2bricks_core._arguments import as_count, as_moment, as_org_id, as_ttl, as_uuid
 from biz2bricks_core._provisioning import provision
-from biz2bricks_core.allowance import allowance, remaining, token_reason
 from biz2bricks_core.config import Settings
 from biz2bricks_core.corrections import VoidResult, void_events
-from biz2bricks_core.credits import CreditGrant, live_grants_remaining_sql
+from biz2bricks_core.credits import CreditGrant
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
+from biz2bricks_core.decisions import (
+    SNAPSHOT,
+    TOKEN_CHECK,
+    LimitDecision,
+    UsageSnapshot,
+    token_decision,
+)
 from biz2bricks_core.errors import (
     InvalidArgumentError,
     UnknownOrganizationError,
 )
 from biz2bricks_core.holds import (
-    LIVE_RESERVED,
     MAX_HOLD_TTL_S,
     RELEASE,
     RESERVE,
     TokenHold,
     hold_from_row,
 )
-from biz2bricks_core.periods import period_reading, period_reading_sql
 from biz2bricks_core.statements import Statement, statement_of
 
 __all__ = [
@@ -56,12 +57,6 @@ log = logging.getLogger(__name__)
 
 # The request-path statements run on the pooled connection's asyncpg driver directly: one
 # round trip each, without a result-processing layer (see docs/benchmarks.md for why).
-_TOKEN_CHECK = (
-    "SELECT token_limit, grants_consumed_period, tokens_used_period, soft_limit, period_end,"
-    f" counters_updated_at, now() AS now, {LIVE_RESERVED} AS reserved,"
-    f" {live_grants_remaining_sql('l')} AS grants_live"
-    " FROM usage_limits l WHERE organization_id = $1"
-)
 _RESERVE = (
     "WITH changed AS ("
     " UPDATE usage_limits SET storage_used_bytes = storage_used_bytes + $2, updated_at = now()"
@@ -85,21 +80,6 @@ _RELEASE = (
     "   FROM changed)"
     " SELECT storage_used_bytes FROM changed"
 )
-_SNAPSHOT = (
-    "SELECT plan, period_start, period_end, token_limit,"
-    f" {period_reading_sql('l.tokens_used_period', 'l.period_end')} AS tokens,"
-    f" {period_reading_sql('l.cost_usd_period', 'l.period_end')} AS cost,"
-    f" {period_reading_sql('l.unpriced_events_period', 'l.period_end')} AS unpriced,"
-    f" {period_reading_sql('l.grants_consumed_period', 'l.period_end')} AS consumed,"
-    f" {live_grants_remaining_sql('l')} AS credits_remaining,"
-    # What grants that ended by expiry in this period still held (their breakage).
-    " (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g"
-    "   WHERE g.organization_id = l.organization_id AND g.expires_at >= l.period_start"
-    "   AND g.expires_at < least(now(), l.period_end)"
-    "   AND (g.voided_at IS NULL OR g.voided_at >= g.expires_at)) AS expired,"
-    " storage_used_bytes, storage_limit_bytes, counters_updated_at"
-    " FROM usage_limits l WHERE organization_id = :org"
-)
 _STORAGE_STATE = (
     "SELECT storage_used_bytes, storage_limit_bytes FROM usage_limits WHERE organization_id = $1"
 )
@@ -116,55 +96,13 @@ class UsageServiceSettings(Settings):
     hold_ttl_s: float = Field(default=900.0, gt=0, le=MAX_HOLD_TTL_S)
 
 
-@dataclass(frozen=True, slots=True)
-class LimitDecision:
-    """The answer of a limit check. ``limit`` None means unlimited.
-
-    ``reserved`` is the organization's total of live token holds (0 for storage); ``remaining``
-    is limit - used - reserved, never below 0.
-    """
-
-    allowed: bool
-    used: int
-    limit: int | None
-    remaining: int | None
-    reason: str
-    reserved: int = 0
-    period_end: datetime | None = None
-    counters_updated_at: datetime | None = None
-    counter_age_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UsageSnapshot:
-    """An organization's usage against its limits, for dashboards."""
-
-    organization_id: uuid.UUID
-    plan: str
-    period_start: datetime
-    period_end: datetime
-    tokens_used_period: int
-    token_limit: int | None
-    # What the live credit grants still hold, what grants paid for in this period (usage
-    # beyond the plan), and what grants that expired in this period left unused.
-    credits_remaining: int
-    grants_consumed_period: int
-    grants_expired_period: int
-    cost_usd_period: Decimal
-    storage_used_bytes: int
-    storage_limit_bytes: int | None
-    counters_updated_at: datetime | None
-    # Events of the period with no price: cost_usd_period is the cost of the others only.
-    unpriced_events_period: int = 0
-
-
 class UsageService:
     """Limit checks, storage reservations, plans and credits of organizations.
 
     Every coroutine raises only package errors: ``UnknownOrganizationError``,
     ``InvalidArgumentError``, ``UnknownPlanError``, and ``DatabaseUnavailableError`` when the
     database does not answer, except the two request-path checks, which answer with a
-    fail-open/closed decision instead (``USAGE_TOKEN_CHECK_FAIL_OPEN``,
+    fail-open/closed decision instead (``USAGETOKEN_CHECK_FAIL_OPEN``,
     ``USAGE_STORAGE_FAIL_OPEN``).
     """
 
@@ -187,7 +125,7 @@ class UsageService:
         as_count("estimated_tokens", estimated_tokens)
         try:
             async with self.db.driver() as driver:
-                row = await driver.fetchrow(_TOKEN_CHECK, org)
+                row = await driver.fetchrow(TOKEN_CHECK, org)
         except DATABASE_DOWN_ERRORS as error:
             return self._database_down("token", self.settings.token_check_fail_open, org, error)
         if row is None:
@@ -382,7 +320,7 @@ class UsageService:
         async with self.db.unavailable_as_error(), self.db.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    text(_SNAPSHOT),
+                    text(SNAPSHOT),
                     {"org": org},
                 )
             ).first()
@@ -409,22 +347,3 @@ class UsageService:
 
 def _no() -> datetime:
     raise InvalidArgumentError("period_start: a timezone-aware datetime is required")
-
-
-def token_decision(row: Any, estimated_tokens: int) -> LimitDecision:
-    """Decide a token check from a usage_limits row and its live holds (pure: no I/O)."""
-    now: datetime = row["now"]
-    used = period_reading(int(row["tokens_used_period"]), row["period_end"], now)
-    consumed = period_reading(int(row["grants_consumed_period"]), row["period_end"], now)
-    reserved = int(row["reserved"])
-    updated = row["counters_updated_at"]
-    age = None if updated is None else max((now - updated).total_seconds(), 0.0)
-    common = {"period_end": row["period_end"], "counters_updated_at": updated, "counter_age_s": age}
-    limit = row["token_limit"]
-    allowed_tokens = allowance(
-        None if limit is None else int(limit), consumed, int(row["grants_live"])
-    )
-    reason = token_reason(used, reserved, estimated_tokens, allowed_tokens, bool(row["soft_limit"]))
-    left = remaining(allowed_tokens, used, reserved)
-    allowed = reason != "token_limit_exceeded"
-    return LimitDecision(allowed, used, allowed_tokens, left, reason, reserved, **common)
