@@ -15,8 +15,8 @@ goes beyond the plan; credits_tokens becomes one grant per organization.
 Downgrade puts each organization's live grants and this period's consumption back into
 credits_tokens (the allowance again) and drops the grants.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02 02:16:47
 """
 
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
