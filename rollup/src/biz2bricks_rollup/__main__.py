@@ -15,14 +15,19 @@ from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
+from biz2bricks_core.retention import RetentionSettings
+from biz2bricks_rollup.archive import ArchiveSettings, MonthResult, archive, archived_before
+from biz2bricks_rollup.archive_store import open_store
 from biz2bricks_rollup.holds_reconcile import (
     HoldRetention,
     find_hold_states,
     prune_ended_holds,
     repair_holds,
 )
+from biz2bricks_rollup.partitions_ahead import create_partitions_ahead
 from biz2bricks_rollup.reconcile import find_drift, repair, reserved_only
 from biz2bricks_rollup.reprice import reprice
+from biz2bricks_rollup.retention_prune import prune_retained
 from biz2bricks_rollup.rollup import DayResult, RollupBusyError, days_between, run_rollup
 from biz2bricks_rollup.server import RollupServer, ServeSettings
 
@@ -58,9 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--dry-run", action="store_true", help="print the differences, change nothing"
     )
+    keep = commands.add_parser(
+        "archive",
+        help="write months older than USAGE_EVENTS_RETENTION_MONTHS to Parquet under "
+        "USAGE_ARCHIVE_URL, verify, then remove them from PostgreSQL",
+    )
+    keep.add_argument("--before", type=_month, help="archive only months before YYYY-MM")
+    keep.add_argument("--dry-run", action="store_true", help="print the months, change nothing")
     serve = commands.add_parser("serve", help="HTTP trigger for Cloud Scheduler (POST /)")
     serve.add_argument("--port", type=int, help="default $PORT or 8080")
     return parser
+
+
+def _month(value: str) -> date:
+    return date.fromisoformat(f"{value}-01")
 
 
 def _days(args: argparse.Namespace) -> list[date] | None:
@@ -88,19 +104,9 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
     try:
         await db.check()
         if args.command == "run":
-            retention = HoldRetention()
-            results = await run_rollup(db, _days(args), wait=args.wait, progress=_progress)
-            pruned = await prune_ended_holds(db, retention.days)
-            summary = {"days": [r.as_dict() for r in results], "holds_pruned": pruned}
-            if not sys.stdout.isatty():
-                print(json.dumps(summary))
-            else:
-                print(
-                    f"rolled up {len(results)} day(s), "
-                    f"{sum(r.written for r in results):,} rows written; "
-                    f"pruned {pruned:,} token hold(s) ended over {retention.days} days ago"
-                )
-            return EXIT_OK
+            return await _rollup_run(db, args)
+        if args.command == "archive":
+            return await _archive(db, args)
         if args.command == "reconcile":
             drifts = await find_drift(db)
             for drift in drifts:
@@ -127,6 +133,70 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     finally:
         await db.dispose()
+
+
+async def _rollup_run(db: DatabaseManager, args: argparse.Namespace) -> int:
+    """Summaries, then retention: partitions ahead, prunes, and the archive when configured."""
+    days = _days(args)
+    first_kept = await archived_before(db)
+    if days and first_kept is not None and min(days) < first_kept:
+        raise ValueError(
+            f"{min(days)} lies in a month already archived (PostgreSQL keeps {first_kept:%Y-%m} "
+            "on): its summaries are final"
+        )
+    retention, holds = RetentionSettings(), HoldRetention()
+    results = await run_rollup(db, days, wait=args.wait, progress=_progress)
+    pruned = await prune_ended_holds(db, holds.days)
+    await create_partitions_ahead(db)
+    retained = await prune_retained(db, retention)
+    settings = ArchiveSettings()
+    archived: list[MonthResult] = []
+    if settings.url:  # without USAGE_ARCHIVE_URL, events stay in PostgreSQL
+        archived = await archive(
+            db,
+            open_store(settings.url),
+            retention_months=retention.events_months,
+            rows_per_file=settings.rows_per_file,
+        )
+    summary = {
+        "days": [r.as_dict() for r in results],
+        "holds_pruned": pruned,
+        **{f"{k}_pruned": v for k, v in retained.as_dict().items()},
+        "archived": [m.as_dict() for m in archived] if settings.url else None,
+    }
+    if not sys.stdout.isatty():
+        print(json.dumps(summary))
+    else:
+        print(
+            f"rolled up {len(results)} day(s), "
+            f"{sum(r.written for r in results):,} rows written; "
+            f"pruned {pruned:,} token hold(s) ended over {holds.days} days ago, "
+            f"{retained.rejects:,} reject(s), {retained.alerts:,} alert(s); "
+            + (
+                f"archived {len(archived)} month(s)"
+                if settings.url
+                else "archive off (USAGE_ARCHIVE_URL unset)"
+            )
+        )
+    return EXIT_OK
+
+
+async def _archive(db: DatabaseManager, args: argparse.Namespace) -> int:
+    settings = ArchiveSettings()
+    if not settings.url:
+        raise ConfigurationError("USAGE_ARCHIVE_URL: not set (a directory or gs://bucket/prefix)")
+    results = await archive(
+        db,
+        open_store(settings.url),
+        retention_months=RetentionSettings().events_months,
+        before=args.before,
+        dry_run=args.dry_run,
+        rows_per_file=settings.rows_per_file,
+        progress=lambda result: print(result.describe(), flush=True),
+    )
+    if not results:
+        print("nothing to archive: every month in PostgreSQL is within retention")
+    return EXIT_OK
 
 
 async def _reprice(db: DatabaseManager, args: argparse.Namespace) -> int:
