@@ -198,7 +198,9 @@ def start_storage_emulator(port: int | None = None) -> LocalService:
     command = shutil.which("gcp-storage-emulator", path=str(Path(sys.executable).parent))
     command = command or shutil.which("gcp-storage-emulator")
     if command is None:
-        raise ServiceUnavailableError(f"GCS emulator: gcp-storage-emulator not found; {STORAGE_HINT}")
+        raise ServiceUnavailableError(
+            f"GCS emulator: gcp-storage-emulator not found; {STORAGE_HINT}"
+        )
     port = port or find_free_port()
     log_path = Path(tempfile.mkstemp(prefix="b2b-gcs-", suffix=".log")[1])
     args = [command, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"]
