@@ -39,6 +39,35 @@ def horizon() -> datetime:
     return datetime(month.year, month.month, 1, tzinfo=UTC)
 
 
+def files_of(root: Path, pattern: str) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob(pattern)}
+
+
+def run_archive(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "biz2bricks_rollup", "archive", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def kill_9_once(env: dict[str, str], root: Path, written: str) -> None:
+    """Start the archive and SIGKILL it as soon as a file named ``written`` exists."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "biz2bricks_rollup", "archive"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not list(root.rglob(written)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def parquet_rows(root: Path) -> list[tuple[object, ...]]:
     """What DuckDB reads from the archive, with the month from the hive path."""
     glob = str(root / "usage_events" / "*" / "*.parquet")
@@ -108,9 +137,9 @@ async def test_archive_round_trip_keeps_every_row_once_and_changes_no_summary(
     )
 
     # When run again: nothing to do, nothing changes
-    files = {p: p.read_bytes() for p in tmp_path.rglob("*.parquet")}
+    files = files_of(tmp_path, "*.parquet")
     assert await archive(db, LocalStore(tmp_path), retention_months=HORIZON_MONTHS) == []
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*.parquet")} == files
+    assert files_of(tmp_path, "*.parquet") == files
     # ... and the first month still in PostgreSQL is the horizon (the rollup run refuses days
     # before it)
     assert await archived_before(db) == add_months(horizon().date(), 0)
@@ -172,31 +201,15 @@ async def test_a_kill_9_in_the_middle_loses_and_duplicates_nothing_after_a_rerun
         "USAGE_ARCHIVE_ROWS_PER_FILE": "20",
     }
     # When the archive is killed with SIGKILL once its first files exist
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "biz2bricks_rollup", "archive"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.rglob("part-00003.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once(env, tmp_path, "part-00003.parquet")
     # Then a rerun completes, and the files hold every removed row exactly once
-    done = subprocess.run(
-        [sys.executable, "-m", "biz2bricks_rollup", "archive"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_archive(env)
     assert done.returncode == 0, done.stderr
     archived = [r[0] for r in parquet_rows(tmp_path)]
     assert len(archived) == len(set(archived)) == len(leaving) == 1800
     assert sorted(archived) == sorted(str(r[0]) for r in leaving)
     assert await rows_before(archive_db, horizon().date()) == []
-    assert not list(tmp_path.rglob("*.partial"))
+    assert files_of(tmp_path, "*.partial") == {}
 
 
 async def test_dry_run_prints_and_changes_nothing(
@@ -205,17 +218,11 @@ async def test_dry_run_prints_and_changes_nothing(
     await seed(archive_db, [15], per_month=30)
     before = await rows_before(archive_db, horizon().date())
     env = {**os.environ, "DATABASE_URL": archive_database_url, "USAGE_ARCHIVE_URL": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "biz2bricks_rollup", "archive", "--dry-run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_archive(env, "--dry-run")
     assert done.returncode == 0, done.stderr
     assert f"would archive {months_ago(15):%Y-%m}: 30 event(s)" in done.stdout
     assert await rows_before(archive_db, horizon().date()) == before
-    assert not list(tmp_path.rglob("*.parquet"))
+    assert files_of(tmp_path, "*.parquet") == {}
 
 
 async def test_before_may_not_reach_into_retention(archive_db: DatabaseManager) -> None:
