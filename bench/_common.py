@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageEvent
+from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageEvent, new_event_id
 from biz2bricks_devtools.localservices import LocalService, start_postgres
 from tests.support import create_database, drop_database, migrate
 
@@ -77,7 +77,7 @@ def events(orgs: list[uuid.UUID], count: int) -> list[UsageEvent]:
         provider, model = MODELS[i % len(MODELS)]
         out.append(
             UsageEvent(
-                event_id=uuid.uuid4(),
+                event_id=new_event_id(),
                 organization_id=orgs[i % len(orgs)],
                 occurred_at=now,
                 provider=provider,

@@ -28,18 +28,22 @@ from biz2bricks_consumer.batching import Batch
 from biz2bricks_consumer.worker import tune_gc
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import UsageEvent
+from biz2bricks_core.event_ids import event_id_month, event_id_month_sql
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
 from tests.factories import message_for
 from tests.pricing.cases import NAMES
 from tests.support import libpq_url
 
-RAW_INSERT = """
+# The partition key is part of a correct row: the raw insert computes it as ours does.
+ID_MONTH = event_id_month_sql("i.e")
+RAW_INSERT = f"""
 INSERT INTO usage_events (event_id, organization_id, occurred_at, provider, model,
-    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[],
-    $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
-ON CONFLICT (event_id) DO NOTHING
+    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, id_month)
+SELECT *, {ID_MONTH} FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[],
+    $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
+    AS i(e, o, t, p, m, it, ot, cr, cw)
+ON CONFLICT (event_id, id_month) DO NOTHING
 RETURNING organization_id, input_tokens + output_tokens AS tokens
 """
 RAW_COUNTERS = """
@@ -117,8 +121,8 @@ async def per_event(conn: asyncpg.Connection, items: list[UsageEvent]) -> None:
             )
             await conn.execute(
                 "INSERT INTO usage_events (event_id, organization_id, occurred_at, provider,"
-                " model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                " model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
+                " id_month) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 e.event_id,
                 e.organization_id,
                 e.occurred_at,
@@ -128,6 +132,7 @@ async def per_event(conn: asyncpg.Connection, items: list[UsageEvent]) -> None:
                 e.output_tokens,
                 e.cache_read_tokens,
                 e.cache_write_tokens,
+                event_id_month(e.event_id),
             )
             await conn.execute(
                 "UPDATE usage_limits SET tokens_used_period = tokens_used_period + $2"

@@ -36,12 +36,13 @@ async def measure(url: str, n_events: int, rounds: int) -> None:
         await conn.execute(
             text(
                 "INSERT INTO usage_events (event_id, organization_id, occurred_at, provider, model,"
-                " input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd)"
+                " input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,"
+                " id_month)"  # v4 ids: the partition without time (biz2bricks_core.event_ids)
                 " SELECT gen_random_uuid(), (CAST(:orgs AS uuid[]))[1 + (i / 10) % 1000],"
                 " CAST(:start AS timestamptz) + (i % 86400) * interval '1 second',"
                 " 'provider' || (i % 10 / 4),"
                 " 'model-' || (i % 10), 1000 + i % 500, 200 + i % 50, i % 300, i % 7,"
-                " (1000 + i % 500) * 0.0000025"
+                " (1000 + i % 500) * 0.0000025, DATE '0001-01-01'"
                 " FROM generate_series(1, :n) AS i"
             ),
             {"orgs": orgs, "start": start, "n": n_events},

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from biz2bricks_core.cli import OPERATOR_ERRORS, report_operator_error
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.event_partitions import is_partition_name
 from biz2bricks_core.models import Base
 
 config = context.config
@@ -20,12 +21,19 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 target_metadata = Base.metadata
 
 
+def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    # The partitions of usage_events are made by the pipeline (biz2bricks_core.
+    # event_partitions), not by models: the comparison looks at the partitioned table only.
+    return not (type_ == "table" and name is not None and is_partition_name(name))
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
         compare_server_default=False,
+        include_name=_include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

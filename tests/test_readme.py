@@ -9,7 +9,9 @@ from pydantic_settings import BaseSettings
 
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_core import DatabaseConfig, UsageServiceSettings
+from biz2bricks_core.retention import RetentionSettings
 from biz2bricks_producer import ProducerSettings
+from biz2bricks_rollup.archive import ArchiveSettings
 from biz2bricks_rollup.books import StatementSettings
 from biz2bricks_rollup.server import ServeSettings
 from tests.support import ROOT
@@ -20,6 +22,8 @@ SETTINGS: list[type[BaseSettings]] = [
     ProducerSettings,
     ConsumerSettings,
     ServeSettings,
+    RetentionSettings,
+    ArchiveSettings,
     StatementSettings,
 ]
 # Read by the commands themselves (argparse defaults), not by a settings object.

@@ -311,3 +311,29 @@ def test_reservation_id_travels_with_the_event(
     [(data, attributes)] = pull_all(pubsub_names.subscription_path, 1)
     assert json.loads(data)["reservation_id"] == str(hold)
     assert decode_event(data, attributes).reservation_id == hold
+
+
+def test_the_producer_makes_time_ordered_ids_and_keeps_the_callers_of_any_version(
+    producer_settings: ProducerSettings, pubsub_names: PubSubNames
+) -> None:
+    def record(event_id: uuid.UUID | None = None) -> uuid.UUID:
+        return producer.record_tokens(
+            organization_id=uuid.uuid4(),
+            provider="openai",
+            model="gpt-4o",
+            input_tokens=1,
+            output_tokens=1,
+            event_id=event_id,
+        )
+
+    chosen_v4 = uuid.uuid4()
+    with UsageProducer(producer_settings) as producer:
+        made = [record() for _ in range(3)]
+        kept = record(chosen_v4)
+        assert producer.flush(timeout=20)
+    assert [m.version for m in made] == [7, 7, 7]
+    assert made == sorted(made)
+    assert kept == chosen_v4
+    messages = pull_all(pubsub_names.subscription_path, 4)
+    received = {json.loads(data)["event_id"] for data, _ in messages}
+    assert received == {str(u) for u in [*made, chosen_v4]}

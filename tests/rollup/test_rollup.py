@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from biz2bricks_core import DatabaseManager, UsageService
+from biz2bricks_core.event_ids import event_id_month
 from biz2bricks_core.models import DocumentModel
 from biz2bricks_rollup.__main__ import main as rollup_main
 from biz2bricks_rollup.reconcile import ReservedStorage, find_drift, repair, reserved_only
@@ -36,10 +37,12 @@ async def insert_events(
                 text(
                     "INSERT INTO usage_events (event_id, organization_id, occurred_at, provider,"
                     " model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
-                    " cost_usd) VALUES (:e, :o, :t, :p, :m, :i, :out, :cr, :cw, :c)"
+                    " cost_usd, id_month)"
+                    " VALUES (:e, :o, :t, :p, :m, :i, :out, :cr, :cw, :c, :k)"
                 ),
                 {
-                    "e": uuid.uuid4(),
+                    "e": (event_id := uuid.uuid4()),
+                    "k": event_id_month(event_id),
                     "o": org,
                     "t": start + timedelta(minutes=37 * i % 1440),
                     "p": provider,

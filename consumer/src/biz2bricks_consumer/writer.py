@@ -36,12 +36,14 @@ from biz2bricks_consumer.batching import (
     conflict_reason,
     storable_attributes,
 )
+from biz2bricks_consumer.partitions import PartitionGuard
 from biz2bricks_core.alerts import insert_alerts_sql
 from biz2bricks_core.allowance import allowance_sql
 from biz2bricks_core.counters import lock_counters_sql
 from biz2bricks_core.counting import event_tokens_sql, unpriced_sql
 from biz2bricks_core.credits import BURN, beyond_plan_sql, live_grants_remaining_sql
 from biz2bricks_core.database import DatabaseManager
+from biz2bricks_core.event_ids import event_id_month_sql
 from biz2bricks_core.events import UsageEvent
 from biz2bricks_core.holds import reserved_after_settle_sql, settle_holds_sql
 from biz2bricks_core.periods import (
@@ -51,6 +53,7 @@ from biz2bricks_core.periods import (
     period_start_after_sql,
 )
 from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql, unpriced_reason_sql
+from biz2bricks_core.retention import RetentionSettings
 
 # Statements run on the asyncpg connection under a pooled SQLAlchemy one: SQLAlchemy's
 # execute and result layers cost ~1 ms per batch here, a fifth of the batch's write time.
@@ -83,6 +86,8 @@ ALLOWANCE = allowance_sql(
 BEYOND_PLAN = beyond_plan_sql("t.before_tokens", "u.tokens_used_period", "u.token_limit")
 RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "s.held_tokens")
 SETTLE = settle_holds_sql("inserted")
+# The partition key of usage_events (biz2bricks_core.event_partitions), from the id alone.
+ID_MONTH = event_id_month_sql("i.event_id")
 
 # Each event reaches the statement as one JSON array of these columns, in this order, with
 # the price row resolved for it (or why none applies): event_params writes them, INPUT reads
@@ -144,19 +149,19 @@ inserted AS (
     INSERT INTO usage_events (event_id, organization_id, user_id, occurred_at, provider, model,
         input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
         cache_write_1h_tokens, cost_usd, pricing_id, unpriced_reason, operation, request_id,
-        metadata, reservation_id)
+        metadata, reservation_id, id_month)
     SELECT i.event_id, i.organization_id, i.user_id, i.occurred_at, i.provider, i.model,
         i.input_tokens, i.output_tokens, i.cache_read_tokens, i.cache_write_tokens,
         i.cache_write_1h_tokens,
         -- NULL without a price row: an unknown cost is never stored as 0.
         {cost_sql("i", "p")},
         p.id, {unpriced_reason_sql("p.id", "i.unpriced_reason")},
-        i.operation, i.request_id, i.metadata, i.reservation_id
+        i.operation, i.request_id, i.metadata, i.reservation_id, {ID_MONTH}
     -- $2: the batch's distinct price rows, so only those are read (by primary key).
     FROM input i JOIN locked USING (organization_id)
         LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($2::integer[])) p
         ON p.id = i.pricing_id
-    ON CONFLICT (event_id) DO NOTHING
+    ON CONFLICT (event_id, id_month) DO NOTHING
     RETURNING event_id, organization_id, occurred_at,
         {event_tokens_sql("input_tokens", "output_tokens")} AS tokens, cost_usd, reservation_id
 ),
@@ -334,12 +339,20 @@ def reject_columns(rejects: Sequence[Reject]) -> tuple[list[Any], ...]:
 class BatchWriter:
     """Writes decoded batches; each ``write`` is one committed transaction."""
 
-    def __init__(self, db: DatabaseManager, prices: Callable[[], PriceBook]) -> None:
+    def __init__(
+        self,
+        db: DatabaseManager,
+        prices: Callable[[], PriceBook],
+        partitions: PartitionGuard | None = None,
+    ) -> None:
         self._db = db
         self._prices = prices
+        # Default: retention from the environment (USAGE_EVENTS_RETENTION_MONTHS).
+        self._partitions = partitions or PartitionGuard(db, RetentionSettings().events_months)
 
     async def write(self, batch: Batch) -> WriteResult:
         """Commit the batch's events, counters and rejects together, or raise and change nothing."""
+        batch = await self._partitions.admit(batch)  # retention rejects; partitions exist
         events, rejects = batch.events, list(batch.rejects)
         inserted = conflicting = unpriced = settled = alerts = consumed = 0
         unpriced_models: list[Unpriced] = []

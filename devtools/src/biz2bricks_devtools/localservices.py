@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "migrate",
     "start_postgres",
     "start_pubsub_emulator",
+    "start_storage_emulator",
     "wait_for_port",
 ]
 
@@ -180,6 +182,42 @@ def start_pubsub_emulator(
             f"Pub/Sub emulator did not listen on port {port} within 60s; its output:\n{tail}"
         )
     service.pid = proc.pid  # type: ignore[attr-defined]
+    return service
+
+
+STORAGE_HINT = (
+    "set STORAGE_EMULATOR_HOST to a running GCS emulator, or install the dev tools (uv sync), "
+    "which bring gcp-storage-emulator from PyPI"
+)
+
+
+def start_storage_emulator(port: int | None = None) -> LocalService:
+    """A GCS emulator: STORAGE_EMULATOR_HOST (http://host:port), or gcp-storage-emulator."""
+    if port is None and os.environ.get("STORAGE_EMULATOR_HOST"):
+        return LocalService(os.environ["STORAGE_EMULATOR_HOST"], "$STORAGE_EMULATOR_HOST")
+    command = shutil.which("gcp-storage-emulator", path=str(Path(sys.executable).parent))
+    command = command or shutil.which("gcp-storage-emulator")
+    if command is None:
+        raise ServiceUnavailableError(
+            f"GCS emulator: gcp-storage-emulator not found; {STORAGE_HINT}"
+        )
+    port = port or find_free_port()
+    log_path = Path(tempfile.mkstemp(prefix="b2b-gcs-", suffix=".log")[1])
+    args = [command, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    service = LocalService(
+        f"http://127.0.0.1:{port}",
+        "gcp-storage-emulator",
+        [lambda: log_path.unlink(missing_ok=True), lambda: _stop_group(proc)],
+    )
+    atexit.register(service.stop)
+    if not wait_for_port("127.0.0.1", port, timeout_s=30):
+        tail = log_path.read_text(errors="replace")[-2000:]
+        service.stop()
+        raise ServiceUnavailableError(
+            f"GCS emulator did not listen on port {port} within 30s; its output:\n{tail}"
+        )
     return service
 
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from biz2bricks_core.errors import InvalidEventError
+from biz2bricks_core.event_ids import new_event_id
 from biz2bricks_core.events import encode_event, validate_event
 from biz2bricks_producer import _lifecycle
 from biz2bricks_producer._replay import Replayer
@@ -120,7 +121,7 @@ class UsageProducer:
         arguments are logged, counted as rejected and dropped (``ValueError`` with ``strict``).
         """
         fields = {
-            "event_id": event_id if event_id is not None else uuid.uuid4(),
+            "event_id": event_id if event_id is not None else new_event_id(),
             "organization_id": organization_id,
             "user_id": user_id,
             "occurred_at": occurred_at if occurred_at is not None else datetime.now(UTC),

@@ -15,12 +15,13 @@ from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
+from biz2bricks_core.retention import RetentionSettings
 from biz2bricks_rollup import books
-from biz2bricks_rollup.grants import sweep_grants
+from biz2bricks_rollup.archive import ArchiveSettings, archive, archived_before
+from biz2bricks_rollup.archive_store import open_store
+from biz2bricks_rollup.daily import after_summaries
 from biz2bricks_rollup.holds_reconcile import (
-    HoldRetention,
     find_hold_states,
-    prune_ended_holds,
     repair_holds,
 )
 from biz2bricks_rollup.reconcile import find_drift, repair, reserved_only
@@ -60,10 +61,21 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--dry-run", action="store_true", help="print the differences, change nothing"
     )
+    keep = commands.add_parser(
+        "archive",
+        help="write months older than USAGE_EVENTS_RETENTION_MONTHS to Parquet under "
+        "USAGE_ARCHIVE_URL, verify, then remove them from PostgreSQL",
+    )
+    keep.add_argument("--before", type=_month, help="archive only months before YYYY-MM")
+    keep.add_argument("--dry-run", action="store_true", help="print the months, change nothing")
     books.add_commands(commands)
     serve = commands.add_parser("serve", help="HTTP trigger for Cloud Scheduler (POST /)")
     serve.add_argument("--port", type=int, help="default $PORT or 8080")
     return parser
+
+
+def _month(value: str) -> date:
+    return date.fromisoformat(f"{value}-01")
 
 
 def _days(args: argparse.Namespace) -> list[date] | None:
@@ -91,26 +103,9 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
     try:
         await db.check()
         if args.command == "run":
-            retention = HoldRetention()
-            results = await run_rollup(db, _days(args), wait=args.wait, progress=_progress)
-            pruned = await prune_ended_holds(db, retention.days)
-            expired = await sweep_grants(db)
-            statements = await books.close_due_statements(db)
-            summary = {
-                "days": [r.as_dict() for r in results],
-                "holds_pruned": pruned,
-                "grant_tokens_expired": expired,
-                "statements_closed": statements,
-            }
-            if not sys.stdout.isatty():
-                print(json.dumps(summary))
-            else:
-                print(
-                    f"rolled up {len(results)} day(s), "
-                    f"{sum(r.written for r in results):,} rows written; "
-                    f"pruned {pruned:,} token hold(s) ended over {retention.days} days ago"
-                )
-            return EXIT_OK
+            return await _rollup_run(db, args)
+        if args.command == "archive":
+            return await _archive(db, args)
         if args.command == "reconcile":
             drifts = await find_drift(db)
             for drift in drifts:
@@ -141,6 +136,46 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     finally:
         await db.dispose()
+
+
+async def _rollup_run(db: DatabaseManager, args: argparse.Namespace) -> int:
+    """Summaries, then retention: partitions ahead, prunes, and the archive when configured."""
+    days = _days(args)
+    first_kept = await archived_before(db)
+    if days and first_kept is not None and min(days) < first_kept:
+        raise ValueError(
+            f"{min(days)} lies in a month already archived (PostgreSQL keeps {first_kept:%Y-%m} "
+            "on): its summaries are final"
+        )
+    results = await run_rollup(db, days, wait=args.wait, progress=_progress)
+    done = await after_summaries(db)
+    summary = {"days": [r.as_dict() for r in results], **done.as_dict()}
+    if not sys.stdout.isatty():
+        print(json.dumps(summary))
+    else:
+        print(
+            f"rolled up {len(results)} day(s), "
+            f"{sum(r.written for r in results):,} rows written; {done.describe()}"
+        )
+    return EXIT_OK
+
+
+async def _archive(db: DatabaseManager, args: argparse.Namespace) -> int:
+    settings = ArchiveSettings()
+    if not settings.url:
+        raise ConfigurationError("USAGE_ARCHIVE_URL: not set (a directory or gs://bucket/prefix)")
+    results = await archive(
+        db,
+        open_store(settings.url),
+        retention_months=RetentionSettings().events_months,
+        before=args.before,
+        dry_run=args.dry_run,
+        rows_per_file=settings.rows_per_file,
+        progress=lambda result: print(result.describe(), flush=True),
+    )
+    if not results:
+        print("nothing to archive: every month in PostgreSQL is within retention")
+    return EXIT_OK
 
 
 async def _reprice(db: DatabaseManager, args: argparse.Namespace) -> int:

@@ -20,9 +20,7 @@ from biz2bricks_core.config import Settings
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.served import ServedApp, alive
-from biz2bricks_rollup.books import close_due_statements
-from biz2bricks_rollup.grants import sweep_grants
-from biz2bricks_rollup.holds_reconcile import HoldRetention, prune_ended_holds
+from biz2bricks_rollup.daily import after_summaries, check_settings
 from biz2bricks_rollup.rollup import RollupBusyError, run_rollup
 
 log = logging.getLogger(__name__)
@@ -68,7 +66,7 @@ class RollupServer:
         settings.check()
         self._db = db
         self._settings = settings
-        self._retention = HoldRetention()
+        check_settings()  # a malformed setting stops the server now, not at a trigger
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/healthz", alive)
         app.router.add_post("/", self._run)
@@ -109,14 +107,5 @@ class RollupServer:
             results = await run_rollup(self._db, wait=False)
         except RollupBusyError as error:
             return web.json_response({"error": str(error)}, status=409)
-        pruned = await prune_ended_holds(self._db, self._retention.days)
-        expired = await sweep_grants(self._db)
-        statements = await close_due_statements(self._db)
-        return web.json_response(
-            {
-                "days": [r.as_dict() for r in results],
-                "holds_pruned": pruned,
-                "grant_tokens_expired": expired,
-                "statements_closed": statements,
-            }
-        )
+        done = await after_summaries(self._db)
+        return web.json_response({"days": [r.as_dict() for r in results], **done.as_dict()})

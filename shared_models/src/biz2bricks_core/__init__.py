@@ -24,6 +24,7 @@ from biz2bricks_core.errors import (
     UnknownOrganizationError,
     UnknownPlanError,
 )
+from biz2bricks_core.event_ids import new_event_id
 from biz2bricks_core.events import UsageEvent, decode_event, encode_event
 from biz2bricks_core.holds import TokenHold
 from biz2bricks_core.pricing import PriceBook, TokenPrice, event_cost
@@ -68,6 +69,7 @@ __all__ = [
     "encode_event",
     "event_cost",
     "get_database_manager",
+    "new_event_id",
 ]
 
 _LAZY = {

@@ -309,7 +309,12 @@ class UsageLimitsModel(Base):
 
 
 class UsageEventModel(Base):
-    """One row per accepted usage event; ``event_id`` makes redeliveries harmless."""
+    """One row per accepted usage event; ``event_id`` makes redeliveries harmless.
+
+    Partitioned by range of ``id_month``, the month the event id carries (biz2bricks_core.
+    event_ids; biz2bricks_core.event_partitions creates and drops the partitions): the key
+    is a function of event_id alone, so (event_id, id_month) is unique per event_id.
+    """
 
     __tablename__ = "usage_events"
     __table_args__ = (
@@ -319,9 +324,12 @@ class UsageEventModel(Base):
         Index("ix_usage_events_occurred_brin", "occurred_at", postgresql_using="brin"),
         # Few rows: what `biz2bricks-rollup reprice --unpriced` looks for.
         Index("ix_usage_events_unpriced", "occurred_at", postgresql_where=text("cost_usd IS NULL")),
+        {"postgresql_partition_by": "RANGE (id_month)"},
     )
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    # The partition key: event_id_month(event_id), written by the consumer's statement.
+    id_month: Mapped[date] = mapped_column(Date, primary_key=True)
     # No foreign key on this append-only fact table: the check would cost a fifth of every
     # insert, and the consumer inserts only events of organizations it has just locked in
     # usage_limits (which does reference organizations). Usage outlives a deleted tenant.
@@ -584,3 +592,23 @@ class UsageStatementModel(Base):
     period_end: Mapped[datetime]
     closed_at: Mapped[datetime]
     body: Mapped[str] = mapped_column(Text)
+
+
+class UsageEventArchiveModel(Base):
+    """One row per UTC month of ``occurred_at`` written to the Parquet archive and verified.
+
+    ``removed_at`` is set in the transaction that removed the month's rows from usage_events:
+    months before the newest removed one are out of PostgreSQL (biz2bricks_rollup.archive).
+    """
+
+    __tablename__ = "usage_event_archive"
+
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal] = mapped_column(Money)
+    files: Mapped[int] = mapped_column(Integer)
+    location: Mapped[str] = mapped_column(Text)
+    exported_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]

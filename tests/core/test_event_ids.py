@@ -1,0 +1,87 @@
+"""Event ids: v7, time-ordered and monotonic; the month an id carries, in Python and in SQL."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from datetime import UTC, date, datetime
+
+from sqlalchemy import text
+
+import biz2bricks_core
+from biz2bricks_core import DatabaseManager, new_event_id
+from biz2bricks_core.event_ids import UNTIMED, event_id_month, event_id_month_sql
+
+
+def v7_at(moment: datetime, tail: int = 0x7ABC_8DEF_0123_4567_89AB) -> uuid.UUID:
+    """A v7 id whose time is ``moment`` (version and variant bits set in ``tail``)."""
+    ms = int(moment.timestamp() * 1000)
+    return uuid.UUID(int=(ms << 80) | tail)
+
+
+CASES = [
+    v7_at(datetime(2025, 1, 31, 23, 59, 59, 999000, tzinfo=UTC)),
+    v7_at(datetime(2025, 2, 1, tzinfo=UTC)),
+    v7_at(datetime(1970, 1, 1, tzinfo=UTC)),
+    v7_at(datetime(2999, 12, 31, 12, tzinfo=UTC)),
+    v7_at(datetime(2025, 6, 1, tzinfo=UTC), tail=0x7000_8000_0000_0000_0000),
+    uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),  # v4
+    uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8"),  # v1 (carries a time of its own)
+    uuid.UUID("017f22e2-79b0-7cc3-18c4-dc0c0c07398f"),  # version digit 7, NCS variant
+    uuid.UUID(int=0),
+    uuid.UUID(int=(1 << 128) - 1),
+]
+
+
+def test_new_event_id_is_a_stdlib_v7_uuid_carrying_the_current_month() -> None:
+    before = datetime.now(UTC)
+    event_id = new_event_id()
+    assert type(event_id) is uuid.UUID
+    assert event_id.version == 7
+    assert event_id_month(event_id) in {
+        date(before.year, before.month, 1),
+        date(datetime.now(UTC).year, datetime.now(UTC).month, 1),
+    }
+    assert "new_event_id" in biz2bricks_core.__all__
+
+
+def test_ids_increase_call_after_call_even_within_one_millisecond() -> None:
+    ids = [new_event_id() for _ in range(50_000)]
+    assert all(a < b for a, b in itertools.pairwise(ids))
+    assert len(set(ids)) == len(ids)
+
+
+def test_ids_increase_across_threads_in_the_order_they_are_made() -> None:
+    # Given four threads each taking ids under one lock, in turn
+    lock = threading.Lock()
+    made: list[uuid.UUID] = []
+
+    def take() -> None:
+        for _ in range(5_000):
+            with lock:
+                made.append(new_event_id())
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then the process-wide order of calls is the order of the ids
+    assert all(a < b for a, b in itertools.pairwise(made))
+
+
+def test_the_month_of_an_id_is_its_utc_month_or_untimed() -> None:
+    assert event_id_month(CASES[0]) == date(2025, 1, 1)
+    assert event_id_month(CASES[1]) == date(2025, 2, 1)
+    assert event_id_month(CASES[2]) == date(1970, 1, 1)
+    assert [event_id_month(u) for u in CASES[5:]] == [UNTIMED] * 5
+
+
+async def test_the_month_of_an_id_in_sql_equals_the_python_rule(db: DatabaseManager) -> None:
+    statement = text("SELECT " + event_id_month_sql("CAST(:id AS uuid)"))
+    cases = [*CASES, *(new_event_id() for _ in range(3)), *(uuid.uuid4() for _ in range(3))]
+    async with db.engine.connect() as conn:
+        for case in cases:
+            sql = (await conn.execute(statement, {"id": case})).scalar_one()
+            assert sql == event_id_month(case), case
