@@ -11,7 +11,7 @@ that carries no such time (v4 and every other version, caller-supplied ids, rows
 revision 0007). It depends on the id alone, so a redelivery or a conflicting duplicate, whatever
 ``occurred_at`` it carries, lands in the partition of the first copy, and the primary key
 (event_id, id_month) stays unique per event_id over the whole table. ``event_id_month_sql`` is
-its SQL twin, composed by the consumer's batch statement (consumer/.../writer.py) and by
+its SQL twin, composed by the batch statement (biz2bricks_core.recording) and by
 migration 0007; tests/core/test_event_ids.py runs both on the same cases.
 """
 

@@ -211,7 +211,7 @@ LIVE_RESERVED: Final = (
 )
 
 
-# In the consumer's batch statement (biz2bricks_consumer.writer.INSERT_AND_COUNT), whose
+# In the batch statement (biz2bricks_core.recording.INSERT_AND_COUNT), whose
 # usage_limits rows are locked: the holds named by the batch's NEW events end. The statement
 # passes only the events it inserted itself, so a redelivered or republished event, which
 # inserts nothing, settles nothing twice. An id that names no live hold of the event's
