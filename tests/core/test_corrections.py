@@ -15,6 +15,7 @@ from biz2bricks_consumer.batching import build_batch
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import DatabaseManager, InvalidArgumentError, UsageService
 from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.periods import period_bounds
 from biz2bricks_core.price_rows import load_price_book
 from biz2bricks_rollup.reconcile import find_drift
 from biz2bricks_rollup.rollup import run_rollup
@@ -192,3 +193,62 @@ async def test_void_arguments_are_checked(db: DatabaseManager) -> None:
         await service.void_events(org, request_id="a", reason=" ")
     assert (await service.void_events(org, request_id="none", reason="x")).voided == 0
     assert Decimal(0) == (await service.void_events(org, request_id="none", reason="x")).cost_usd
+
+
+async def test_an_amendment_moves_usage_to_the_right_organization_and_model(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given a call recorded under the wrong organization and model
+    wrong, right = await provisioned_org(db), await provisioned_org(db)
+    service = UsageService(db)
+    event = make_event(wrong, model="gpt-4o", input_tokens=2_000, output_tokens=500)
+    message = message_for(event)
+    await writer.write(build_batch([message]))
+    # When it is amended
+    new_id = await service.amend_event(
+        event.event_id,
+        reason="billed to the wrong tenant",
+        organization_id=right,
+        model="gpt-4o-mini",
+    )
+    # Then the original is voided, the new event priced as the consumer prices and counted
+    # where it belongs, and both organizations' counters agree with their events
+    assert new_id != event.event_id
+    async with db.engine.connect() as conn:
+        rows = {
+            r.event_id: r
+            for r in await conn.execute(
+                text("SELECT * FROM usage_events WHERE event_id IN (:a, :b)"),
+                {"a": event.event_id, "b": new_id},
+            )
+        }
+    assert rows[event.event_id].voided_at is not None
+    amended = rows[new_id]
+    assert (amended.organization_id, amended.model, amended.amends) == (
+        right,
+        "gpt-4o-mini",
+        event.event_id,
+    )
+    assert amended.cost_usd is not None
+    assert amended.cost_usd < rows[event.event_id].cost_usd  # the mini model is cheaper
+    assert (await counters(db, wrong))["tokens_used_period"] == 0
+    assert (await counters(db, right))["tokens_used_period"] == 2_500
+    for org in (wrong, right):
+        await assert_counter_derivable(db, org)
+    [correction] = await corrections(db, wrong)
+    assert (correction.kind, correction.new_event_id) == ("amend", new_id)
+    # And the original's redelivery changes nothing; a retried amend returns the same id
+    result = await writer.write(build_batch([message]))
+    assert (result.inserted, result.conflicts) == (0, 0)
+    again = await service.amend_event(
+        event.event_id, reason="retry", organization_id=right, model="gpt-4o-mini"
+    )
+    assert again == new_id
+    assert (await counters(db, right))["tokens_used_period"] == 2_500
+    # The statement of the right organization shows the amended usage
+    statement = await service.get_statement(right, period_bounds(datetime.now(UTC))[0])
+    assert [(x.model, x.requests) for x in statement.lines] == [("gpt-4o-mini", 1)]
+    with pytest.raises(InvalidArgumentError, match="cannot be amended"):
+        await service.amend_event(new_id, reason="x", request_id="nope")
+    with pytest.raises(InvalidArgumentError, match="voided"):
+        await service.amend_event(event.event_id, reason="x", model="gpt-4.1")

@@ -53,3 +53,7 @@ class UnknownGrantError(PermanentError, LookupError):
 
 class GrantConflictError(PermanentError, ValueError):
     """A grant_id is reused with other values than the grant it names (the message says which)."""
+
+
+class UnknownEventError(PermanentError, LookupError):
+    """No stored usage event has this id (it never arrived, or it was archived)."""

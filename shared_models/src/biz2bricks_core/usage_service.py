@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -19,7 +20,7 @@ from biz2bricks_core import _grants
 from biz2bricks_core._arguments import as_count, as_moment, as_org_id, as_ttl, as_uuid
 from biz2bricks_core._provisioning import provision
 from biz2bricks_core.config import Settings
-from biz2bricks_core.corrections import VoidResult, void_events
+from biz2bricks_core.corrections import VoidResult, amend_event, void_events
 from biz2bricks_core.credits import CreditGrant
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
 from biz2bricks_core.decisions import (
@@ -302,6 +303,21 @@ class UsageService:
             end=as_moment("end", end),
             reason=reason,
             actor=actor,
+        )
+
+    async def amend_event(
+        self,
+        event_id: uuid.UUID | str,
+        *,
+        reason: str,
+        actor: str | None = None,
+        **changes: Any,
+    ) -> uuid.UUID:
+        """Correct a stored event: the original is voided and a new event (new id, pointing
+        to the original, priced and counted as the consumer does) replaces it, in one
+        transaction. ``changes``: any of ``corrections.AMENDABLE``. Returns the new id."""
+        return await amend_event(
+            self.db, as_uuid("event_id", event_id), reason=reason, actor=actor, changes=changes
         )
 
     async def get_statement(
