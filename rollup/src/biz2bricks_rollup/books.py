@@ -8,7 +8,7 @@ import csv
 import io
 import uuid
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -17,6 +17,7 @@ from biz2bricks_core.config import Settings
 from biz2bricks_core.corrections import preview_void, void_events
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.statements import StatementLine, close_statements, statement_of
+from biz2bricks_rollup.archive import archived_before
 
 
 class StatementSettings(Settings):
@@ -84,6 +85,9 @@ async def run_void(db: DatabaseManager, args: argparse.Namespace) -> int:
             f" {row['tokens']:,} tokens, cost {row['cost_usd'] or 0}"
             + (f" ({row['unpriced']} unpriced)" if row["unpriced"] else "")
         )
+    kept_from = await archived_before(db)
+    if kept_from is not None and args.start is not None and args.start.date() < kept_from:
+        print(_archived_note(kept_from))
     if args.dry_run:
         print("dry run: nothing changed")
         return 0
@@ -92,7 +96,19 @@ async def run_void(db: DatabaseManager, args: argparse.Namespace) -> int:
         f"voided {result.voided:,} event(s) ({result.tokens:,} tokens, cost {result.cost_usd});"
         f" {result.already_voided:,} already voided, {result.not_found:,} not found"
     )
+    if result.not_found and kept_from is not None:
+        print(_archived_note(kept_from))
     return 0
+
+
+def _archived_note(kept_from: date) -> str:
+    return (
+        f"events that occurred before {kept_from:%Y-%m} are archived (Parquet, USAGE_ARCHIVE_URL)"
+        " and can no longer be voided; their statements are closed. To give the tokens back,"
+        " book an adjustment instead: a credit grant (UsageService.grant_credits with the"
+        " reason and the event ids), which the open statement's next usage consumes first"
+        " with a low priority number."
+    )
 
 
 async def run_statement(db: DatabaseManager, args: argparse.Namespace) -> int:
