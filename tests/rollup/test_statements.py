@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +15,7 @@ from sqlalchemy import text
 from biz2bricks_core import DatabaseManager, InvalidArgumentError, UsageService
 from biz2bricks_core.periods import period_bounds
 from biz2bricks_core.statements import close_statements
-from tests.factories import make_event, provisioned_org, write_events
+from tests.factories import counters, make_event, provisioned_org, write_events
 
 
 async def stored_body(db: DatabaseManager, org: object, start: datetime) -> str:
@@ -89,3 +94,55 @@ async def test_a_closed_statement_never_changes_and_later_facts_are_adjustments(
         (old_start, "void", -1, -1_000),
     ]
     assert current.tokens == 600 - 1_100
+
+
+def rollup_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "biz2bricks_rollup", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LOG_LEVEL": "WARNING"},
+        check=False,
+    )
+
+
+async def test_the_void_and_statement_commands(db: DatabaseManager) -> None:
+    # Given two events of one request
+    org = await provisioned_org(db)
+    await write_events(db, [make_event(org, request_id="req-7") for _ in range(2)])
+    # When the void command runs dry, then for real
+    dry = await asyncio.to_thread(
+        rollup_command,
+        "void",
+        "--org",
+        str(org),
+        "--request-id",
+        "req-7",
+        "--reason",
+        "dup",
+        "--dry-run",
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "openai/gpt-4o: 2 event(s), 2,200 tokens" in dry.stdout
+    assert "dry run: nothing changed" in dry.stdout
+    assert (await counters(db, org))["tokens_used_period"] == 2_200
+    done = await asyncio.to_thread(
+        rollup_command, "void", "--org", str(org), "--request-id", "req-7", "--reason", "dup"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "voided 2 event(s) (2,200 tokens" in done.stdout
+    assert (await counters(db, org))["tokens_used_period"] == 0
+    # Then the statement command prints the period's statement
+    month = datetime.now(UTC).strftime("%Y-%m")
+    shown = await asyncio.to_thread(
+        rollup_command, "statement", "--org", str(org), "--period", month
+    )
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert (body["status"], body["tokens"], body["lines"]) == ("open", 0, [])
+    bad = await asyncio.to_thread(
+        rollup_command, "statement", "--org", str(org), "--period", "2025-13"
+    )
+    assert bad.returncode == 2
+    assert "expected YYYY-MM" in bad.stderr
