@@ -187,7 +187,7 @@ class Worker:
         # Alerts committed by this or a dead replica leave before the process does.
         await self.alerts.drain(max(deadline - time.monotonic(), 0.1))
         self.alerts.close()
-        log.info("consumer.stopped", extra=self.summary())
+        log.info("consumer.stopped", extra=self.metrics.summary())
 
     async def _batch_loop(self) -> None:
         """Take pulled messages and write them as batches until stopped or idle.
@@ -214,22 +214,6 @@ class Worker:
             and self.buffer.empty()
             and time.monotonic() - self.buffer.last_activity >= idle_s
         )
-
-    def summary(self) -> dict[str, float]:
-        """Counters of this run."""
-        m = self.metrics
-        return {
-            "pulled": m.value("usage_consumer_messages_pulled_total"),
-            "inserted": m.value("usage_consumer_events_inserted_total"),
-            "duplicates": m.value("usage_consumer_duplicates_total"),
-            "conflicting_duplicates": m.value("usage_consumer_conflicting_duplicates_total"),
-            "isolated": m.value("usage_consumer_isolated_total"),
-            "acked": m.value("usage_consumer_messages_acked_total"),
-            "commit_retries": m.value("usage_consumer_commit_retries_total"),
-            "holds_settled": m.value("usage_consumer_holds_settled_total"),
-            "alerts_created": m.value("usage_consumer_alerts_created_total"),
-            "alerts_published": m.value("usage_consumer_alerts_published_total"),
-        }
 
     async def _process(self, messages: list[InboundMessage]) -> None:
         started = time.monotonic()
