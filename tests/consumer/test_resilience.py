@@ -21,11 +21,15 @@ from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from sqlalchemy import text
 
+from biz2bricks_consumer.batching import Batch
+from biz2bricks_consumer.committer import Writer
 from biz2bricks_consumer.health import HealthServer
 from biz2bricks_consumer.metrics import ConsumerMetrics
+from biz2bricks_consumer.pricing_cache import PricedWriter, PricingCache
 from biz2bricks_consumer.pubsub import PubSubSource
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.supervision import Supervisor
+from biz2bricks_consumer.writer import WriteResult
 from biz2bricks_core import DatabaseManager
 from biz2bricks_devtools.localservices import find_free_port
 from tests.conftest import PubSubNames
@@ -387,6 +391,23 @@ class HangingAfterCommitSource(PubSubSource):
         await super().ack(ack_ids)
 
 
+class HangsPubSubAfterCommit:
+    """A writer that commits through ``writer``, then makes ``source`` hang, before the ack."""
+
+    def __init__(
+        self, writer: Writer, source: HangingAfterCommitSource, committed: asyncio.Event
+    ) -> None:
+        self._writer = writer
+        self._source = source
+        self._committed = committed
+
+    async def write(self, batch: Batch) -> WriteResult:
+        result = await self._writer.write(batch)
+        self._source.hanging = True
+        self._committed.set()
+        return result
+
+
 async def test_stop_returns_within_the_grace_when_pubsub_hangs_with_an_ack_pending(
     db: DatabaseManager,
     consumer_settings: Callable[..., ConsumerSettings],
@@ -401,12 +422,9 @@ async def test_stop_returns_within_the_grace_when_pubsub_hangs_with_an_ack_pendi
     )
     source = HangingAfterCommitSource(settings)
     committed = asyncio.Event()
-
-    def on_committed(_: Any) -> None:
-        source.hanging = True
-        committed.set()
-
-    worker = workers.start(settings, db, source=source, on_committed=on_committed)
+    pricing = PricingCache(db, settings.pricing_refresh_s)
+    writer = HangsPubSubAfterCommit(PricedWriter(db, pricing), source, committed)
+    worker = workers.start(settings, db, source=source, pricing=pricing, writer=writer)
     await asyncio.wait_for(committed.wait(), timeout=60)
     source.pulling.clear()
     await asyncio.wait_for(source.pulling.wait(), timeout=10)

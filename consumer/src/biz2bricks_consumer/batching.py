@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -92,13 +92,8 @@ class Batch:
 
     @property
     def messages(self) -> list[InboundMessage]:
-        """Every message this batch settles."""
+        """Every message of this batch: what is acked once it is committed, or released."""
         return [*self.sources, *(r.message for r in self.rejects), *self.duplicates]
-
-    @property
-    def ack_ids(self) -> list[str]:
-        """The ack id of every message this batch settles."""
-        return [m.ack_id for m in self.messages]
 
     @property
     def duplicates_in_batch(self) -> int:
@@ -128,6 +123,28 @@ class Batch:
             second = Batch(rejects=self.rejects[mid:])
         first.oldest_publish_time_s = second.oldest_publish_time_s = self.oldest_publish_time_s
         return first, second
+
+    def sources_of(self, events: Iterable[UsageEvent]) -> dict[uuid.UUID, InboundMessage]:
+        """The message each of ``events`` (events of this batch) came from, by event_id."""
+        wanted = {e.event_id for e in events}
+        return {
+            e.event_id: m
+            for e, m in zip(self.events, self.sources, strict=True)
+            if e.event_id in wanted
+        }
+
+    def split_off(
+        self, organizations: Collection[uuid.UUID]
+    ) -> tuple[list[UsageEvent], list[tuple[UsageEvent, InboundMessage]]]:
+        """The events of other organizations, and those of ``organizations`` with their message."""
+        keep: list[UsageEvent] = []
+        split: list[tuple[UsageEvent, InboundMessage]] = []
+        for event, message in zip(self.events, self.sources, strict=True):
+            if event.organization_id in organizations:
+                split.append((event, message))
+            else:
+                keep.append(event)
+        return keep, split
 
     def refused(self, reason_code: str, reason: str) -> Batch:
         """This batch with every event turned into a reject (the database refused it)."""

@@ -62,13 +62,6 @@ class PullBuffer:
         async with self._space:
             self._space.notify_all()
 
-    def take_unwritten(self) -> list[InboundMessage]:
-        """Remove and return every buffered message (to release them at shutdown)."""
-        leftover: list[InboundMessage] = []
-        while not self._queue.empty():
-            leftover.extend(self._queue.get_nowait())
-        return leftover
-
     async def next_messages(self) -> list[InboundMessage] | None:
         """Messages for the next batch, or None after a quarter second with nothing pulled."""
         async with self._assembling:

@@ -17,8 +17,8 @@ class ConsumerError(Biz2BricksError):
     """Root of the consumer's own exceptions."""
 
 
-class BatchAbandoned(ConsumerError):
-    """A batch could not be committed (retry budget or shutdown grace spent); it is released."""
+class BatchReleased(ConsumerError):
+    """A batch could not be committed (retry budget or shutdown grace spent): it is released."""
 
 
 class WorkerFailed(ConsumerError):
@@ -26,12 +26,12 @@ class WorkerFailed(ConsumerError):
 
 
 class Outcome(enum.Enum):
-    """What became of one attempt to commit a batch; ``Worker._settle`` maps it to acks."""
+    """What became of one attempt to commit a batch; ``BatchCommitter`` acts on it."""
 
     COMMITTED = "committed"  # ack every message of the batch
     RETRY = "retry"  # the database is unreachable or busy: back off, try again, ack nothing
     ISOLATE = "isolate"  # the database refused the content: bisect to find the message
-    ABANDON = "abandon"  # retry budget or shutdown grace spent: release (nack) everything
+    RELEASE = "release"  # retry budget or shutdown grace spent: hand every message back
 
 
 # Database failures worth retrying: DATABASE_DOWN_ERRORS (the server went away, a connection

@@ -1,4 +1,4 @@
-"""Messages pulled but not yet settled: the one owner of their ack ids and leases.
+"""Messages pulled but not yet acked or released: the one owner of their ack ids and leases.
 
 Callers hand it messages and say what became of them (``ack`` after a commit, ``release``
 when a batch is given up); it keeps their leases alive meanwhile and never acks on its own.
@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 # Acks sent concurrently before the next batch waits for one to finish.
 MAX_PENDING_ACKS = 2
-# Failures an ack or release may meet that cost only a redelivery (never an error to raise).
-SETTLE_ERRORS = (*RETRYABLE_PUBSUB_ERRORS, *SUBSCRIPTION_MISSING_ERRORS)
+# Failures an ack, release or lease extension may meet that cost only a redelivery (never an
+# error to raise).
+ACK_ERRORS = (*RETRYABLE_PUBSUB_ERRORS, *SUBSCRIPTION_MISSING_ERRORS)
 
 
 class AckSource(Protocol):
@@ -64,7 +65,7 @@ class InFlight:
             await asyncio.wait(set(self._acks), return_when=asyncio.FIRST_COMPLETED)
 
     async def release(self, messages: Sequence[InboundMessage]) -> None:
-        """Hand messages back for redelivery now (nack); they were not committed."""
+        """Hand messages back for redelivery now; they were not committed."""
         await self._release([m.ack_id for m in messages])
 
     async def release_all(self) -> None:
@@ -79,7 +80,7 @@ class InFlight:
     async def _ack(self, ack_ids: list[str]) -> None:
         try:
             await self._source.ack(ack_ids)
-        except SETTLE_ERRORS as error:
+        except ACK_ERRORS as error:
             # Committed already: a redelivery inserts nothing, so this costs only a retry.
             log.warning(
                 "consumer.ack_failed", extra={"messages": len(ack_ids), "error": str(error)}
@@ -92,7 +93,7 @@ class InFlight:
     async def _release(self, ack_ids: list[str]) -> None:
         self._drop(ack_ids)
         if ack_ids:
-            with contextlib.suppress(*SETTLE_ERRORS):
+            with contextlib.suppress(*ACK_ERRORS):
                 await self._source.release(ack_ids)
 
     def _drop(self, ack_ids: Iterable[str]) -> None:
@@ -110,7 +111,7 @@ class InFlight:
                 continue
             try:
                 await self._source.extend(due, self._deadline_s)
-            except SETTLE_ERRORS as error:  # a lapsed lease only causes a harmless redelivery
+            except ACK_ERRORS as error:  # a lapsed lease only causes a harmless redelivery
                 log.warning("consumer.lease_extend_failed", extra={"error": str(error)})
                 continue
             for ack_id in due:

@@ -83,3 +83,18 @@ class ConsumerMetrics:
         """A sample's current value (tests and the demo read counters this way)."""
         found = self.registry.get_sample_value(name, labels or None)
         return 0.0 if found is None else found
+
+    def summary(self) -> dict[str, float]:
+        """Counters of this run (the worker logs them when it stops)."""
+        return {
+            "pulled": self.value("usage_consumer_messages_pulled_total"),
+            "inserted": self.value("usage_consumer_events_inserted_total"),
+            "duplicates": self.value("usage_consumer_duplicates_total"),
+            "conflicting_duplicates": self.value("usage_consumer_conflicting_duplicates_total"),
+            "isolated": self.value("usage_consumer_isolated_total"),
+            "acked": self.value("usage_consumer_messages_acked_total"),
+            "commit_retries": self.value("usage_consumer_commit_retries_total"),
+            "holds_settled": self.value("usage_consumer_holds_settled_total"),
+            "alerts_created": self.value("usage_consumer_alerts_created_total"),
+            "alerts_published": self.value("usage_consumer_alerts_published_total"),
+        }

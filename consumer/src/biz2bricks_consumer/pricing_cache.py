@@ -1,4 +1,4 @@
-"""An in-memory PriceBook of ``model_pricing``, refreshed in the background."""
+"""An in-memory PriceBook of ``model_pricing``, refreshed before the writes that read it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
+from biz2bricks_consumer.batching import Batch
+from biz2bricks_consumer.writer import BatchWriter, WriteResult
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
@@ -47,6 +49,22 @@ class PricingCache:
             self._book = await load_price_book(self._db, self._names)
             self._loaded_at = time.monotonic()
             log.info("pricing.refreshed", extra={"versions": len(self._book)})
+
+
+class PricedWriter:
+    """The batch writer with current prices: refreshes them (when due) before each write.
+
+    A failed refresh fails the write like any database error (retried, the batch unacked).
+    """
+
+    def __init__(self, db: DatabaseManager, pricing: PricingCache) -> None:
+        self._pricing = pricing
+        self._writer = BatchWriter(db, pricing.get)
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Refresh prices if due, then commit the batch (see ``BatchWriter.write``)."""
+        await self._pricing.refresh_if_due()
+        return await self._writer.write(batch)
 
 
 class UnpricedLog:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from biz2bricks_consumer.errors import BatchAbandoned, is_retryable_db_error
+from biz2bricks_consumer.errors import BatchReleased, is_retryable_db_error
 from biz2bricks_consumer.metrics import ConsumerMetrics
 from biz2bricks_consumer.settings import ConsumerSettings
 
@@ -85,7 +85,7 @@ class DatabaseRetry:
         return grace is None or grace > 0
 
     async def call(self, func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Call ``func`` until it succeeds; BatchAbandoned once the budget or grace is spent.
+        """Call ``func`` until it succeeds; BatchReleased once the budget or grace is spent.
 
         Only retryable database errors are retried; anything else propagates at once.
         """
@@ -99,7 +99,7 @@ class DatabaseRetry:
                     raise
                 self.failed(attempt, error)
                 if not await self.backoff(attempt, started):
-                    raise BatchAbandoned("database unreachable past the retry budget") from error
+                    raise BatchReleased("database unreachable past the retry budget") from error
                 continue
             self.succeeded()
             return result

@@ -1,10 +1,11 @@
-"""The worker: supervised pull loops feed batch loops that write and settle each batch.
+"""The worker: a supervisor of parts that each do one job.
 
-One place (``Worker._settle``) maps what became of a batch to what happens to its messages:
-committed -> ack; retry -> keep them leased and back off; isolate (the database refused the
-content) -> bisect until the refused messages are alone, store them as rejects, write the
-rest; abandon -> release (nack). Stopping never acks what is not committed, and the worker
-returns within the shutdown grace whatever state it is in.
+Pull loops (``PullBuffer``) fill a bounded buffer; batch loops take batches from it and hand
+each to the ``BatchCommitter``, the one place that decides ack, release or reject; ``InFlight``
+owns the leases of what was pulled and not yet acked or released; ``DatabaseRetry`` owns the
+backoff and the shutdown grace; the ``Supervisor`` restarts a loop that died and shows it in
+readiness. Stopping never acks what is not committed, and the worker returns within the
+shutdown grace whatever state it is in.
 """
 
 from __future__ import annotations
@@ -14,39 +15,30 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable
 
 from sqlalchemy import text
 
 from biz2bricks_consumer.alert_relay import AlertRelay
-from biz2bricks_consumer.batching import Batch, InboundMessage, build_batch
+from biz2bricks_consumer.batching import InboundMessage, build_batch
 from biz2bricks_consumer.buffer import PullBuffer
-from biz2bricks_consumer.errors import (
-    BatchAbandoned,
-    Outcome,
-    WorkerFailed,
-    classify_db_error,
-    describe_db_error,
-)
+from biz2bricks_consumer.committer import BatchCommitter, Writer
+from biz2bricks_consumer.errors import BatchReleased, WorkerFailed
 from biz2bricks_consumer.inflight import InFlight
 from biz2bricks_consumer.metrics import ConsumerMetrics
-from biz2bricks_consumer.pricing_cache import PricingCache, UnpricedLog
+from biz2bricks_consumer.pricing_cache import PricedWriter, PricingCache, UnpricedLog
 from biz2bricks_consumer.pubsub import PubSubSource
+from biz2bricks_consumer.reporting import ResultReporter
 from biz2bricks_consumer.retry import DatabaseRetry
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.supervision import Supervisor
-from biz2bricks_consumer.writer import BatchWriter, WriteResult
 from biz2bricks_core.database import DatabaseManager
 
 log = logging.getLogger(__name__)
 
 # Container allocations between young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
-DATABASE_REFUSED = "database_refused"
 # Time kept back from the grace for releasing, closing and exiting after the loops stopped.
 SHUTDOWN_RESERVE_S = 0.5
-
-CommitHook = Callable[[Batch], None]
 
 
 def tune_gc() -> None:
@@ -68,7 +60,8 @@ def tune_gc() -> None:
 class Worker:
     """Consumes the usage subscription until asked to stop (or idle, if configured).
 
-    ``on_committed`` is called after each commit and before its ack (tests inject faults here).
+    ``writer`` commits each batch (default: ``BatchWriter`` behind ``pricing``); tests inject
+    a failing or crashing one here.
     """
 
     def __init__(
@@ -78,18 +71,28 @@ class Worker:
         source: PubSubSource | None = None,
         metrics: ConsumerMetrics | None = None,
         *,
-        on_committed: CommitHook | None = None,
+        pricing: PricingCache | None = None,
+        writer: Writer | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.source = source if source is not None else PubSubSource(settings)
         self.metrics = metrics if metrics is not None else ConsumerMetrics()
-        self.pricing = PricingCache(db, settings.pricing_refresh_s)
-        self.writer = BatchWriter(db, self.pricing.get)
-        self.unpriced_log = UnpricedLog(settings.unpriced_log_interval_s)
+        self.pricing = (
+            pricing if pricing is not None else PricingCache(db, settings.pricing_refresh_s)
+        )
         self.retry = DatabaseRetry(settings, self.metrics)
         self.inflight = InFlight(self.source, settings.ack_deadline_s, self.metrics)
         self.alerts = AlertRelay(settings, db, self.metrics)
+        self.committer = BatchCommitter(
+            writer if writer is not None else PricedWriter(db, self.pricing),
+            self.inflight,
+            self.retry,
+            self.metrics,
+            ResultReporter(
+                self.metrics, UnpricedLog(settings.unpriced_log_interval_s), self.alerts
+            ),
+        )
         self._stopping = asyncio.Event()
         self.buffer = PullBuffer(
             settings,
@@ -100,7 +103,6 @@ class Worker:
             stopping=self._stopping,
         )
         self.supervisor = Supervisor(self.metrics, self._stopping)
-        self._on_committed = on_committed
 
     @property
     def stopping(self) -> bool:
@@ -127,7 +129,7 @@ class Worker:
             while not main.done():
                 grace = self.retry.remaining_grace_s()
                 if grace is not None and grace <= 0:
-                    log.warning("consumer.grace_over", extra={"abandoned": "batch in hand"})
+                    log.warning("consumer.grace_over", extra={"released": "batch in hand"})
                     main.cancel()
                     break
                 await asyncio.wait([main], timeout=0.1)
@@ -142,7 +144,7 @@ class Worker:
             raise WorkerFailed(f"a worker task kept dying: {self.supervisor.failure!r}")
 
     async def _main(self) -> None:
-        with contextlib.suppress(BatchAbandoned):  # every batch loads prices too
+        with contextlib.suppress(BatchReleased):  # every batch loads prices too
             await self.retry.call(self.pricing.refresh_if_due)
         if self.stopping:
             return
@@ -181,15 +183,11 @@ class Worker:
         await self.inflight.drain(deadline - time.monotonic())
         await self.supervisor.cancel_all(timeout_s=1.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._release_unwritten(), timeout=SHUTDOWN_RESERVE_S)
+            await asyncio.wait_for(self.inflight.release_all(), timeout=SHUTDOWN_RESERVE_S)
         # Alerts committed by this or a dead replica leave before the process does.
         await self.alerts.drain(max(deadline - time.monotonic(), 0.1))
         self.alerts.close()
-        log.info("consumer.stopped", extra=self.summary())
-
-    async def _release_unwritten(self) -> None:
-        self.buffer.take_unwritten()
-        await self.inflight.release_all()
+        log.info("consumer.stopped", extra=self.metrics.summary())
 
     async def _batch_loop(self) -> None:
         """Take pulled messages and write them as batches until stopped or idle.
@@ -204,7 +202,7 @@ class Worker:
                 if self.stopping or self._idle_expired():
                     return
                 if not self.retry.database_ok.is_set():
-                    with contextlib.suppress(BatchAbandoned):
+                    with contextlib.suppress(BatchReleased):
                         await self.retry.call(self.check_database)
                 continue
             await self._process(messages)
@@ -217,134 +215,15 @@ class Worker:
             and time.monotonic() - self.buffer.last_activity >= idle_s
         )
 
-    def summary(self) -> dict[str, float]:
-        """Counters of this run."""
-        m = self.metrics
-        return {
-            "pulled": m.value("usage_consumer_messages_pulled_total"),
-            "inserted": m.value("usage_consumer_events_inserted_total"),
-            "duplicates": m.value("usage_consumer_duplicates_total"),
-            "conflicting_duplicates": m.value("usage_consumer_conflicting_duplicates_total"),
-            "isolated": m.value("usage_consumer_isolated_total"),
-            "acked": m.value("usage_consumer_messages_acked_total"),
-            "commit_retries": m.value("usage_consumer_commit_retries_total"),
-            "holds_settled": m.value("usage_consumer_holds_settled_total"),
-            "alerts_created": m.value("usage_consumer_alerts_created_total"),
-            "alerts_published": m.value("usage_consumer_alerts_published_total"),
-        }
-
     async def _process(self, messages: list[InboundMessage]) -> None:
         started = time.monotonic()
         batch = build_batch(messages)
-        try:
-            await self._commit(batch)
-        except BaseException:
-            # A bug (or cancellation at the end of the grace): hand the batch back, unacked.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.inflight.release(batch.messages))
-            raise
+        await self.committer.commit(batch)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         self.metrics.batch_size.observe(len(batch))
         if batch.oldest_publish_time_s is not None:
             self.metrics.oldest_message_age.set(max(time.time() - batch.oldest_publish_time_s, 0))
         self.buffer.last_activity = time.monotonic()
-
-    async def _commit(self, batch: Batch) -> None:
-        """Attempt the batch until its outcome is settled."""
-        started, attempt = time.monotonic(), 0
-        while True:
-            attempt += 1
-            outcome, result, error = await self._attempt(batch)
-            if await self._settle(batch, outcome, result, error, attempt, started):
-                return
-
-    async def _attempt(
-        self, batch: Batch
-    ) -> tuple[Outcome, WriteResult | None, BaseException | None]:
-        grace = self.retry.remaining_grace_s()
-        if grace is not None and grace <= 0:
-            return Outcome.ABANDON, None, None
-        try:
-            await self.pricing.refresh_if_due()
-            result = await self.writer.write(batch)
-        except Exception as error:
-            outcome = classify_db_error(error)
-            if outcome is None:
-                raise  # neither retryable nor a refusal of the content: a bug to surface
-            return outcome, None, error
-        return Outcome.COMMITTED, result, None
-
-    async def _settle(
-        self,
-        batch: Batch,
-        outcome: Outcome,
-        result: WriteResult | None,
-        error: BaseException | None,
-        attempt: int,
-        started: float,
-    ) -> bool:
-        """The one place that decides ack, nack or reject; False means "attempt again"."""
-        if outcome is Outcome.COMMITTED:
-            assert result is not None
-            self.retry.succeeded()
-            self._count(result)
-            if self._on_committed is not None:
-                self._on_committed(batch)
-            await self.inflight.ack(batch.messages)
-        elif outcome is Outcome.RETRY:
-            assert error is not None
-            self.retry.failed(attempt, error)
-            if await self.retry.backoff(attempt, started):
-                return False
-            log.warning("consumer.batch_abandoned", extra={"messages": len(batch)})
-            await self.inflight.release(batch.messages)
-        elif outcome is Outcome.ISOLATE:
-            assert error is not None
-            await self._isolate(batch, error)
-        else:
-            log.warning("consumer.batch_abandoned", extra={"messages": len(batch)})
-            await self.inflight.release(batch.messages)
-        return True
-
-    async def _isolate(self, batch: Batch, error: BaseException) -> None:
-        """Bisect a batch the database refused; a lone refused event becomes a reject."""
-        if batch.rows >= 2:
-            for half in batch.halves():
-                await self._commit(half)
-        elif batch.events:
-            reason = describe_db_error(error)
-            log.warning(
-                "consumer.event_refused",
-                extra={"message_id": batch.sources[0].message_id, "reason": reason},
-            )
-            self.metrics.isolated.inc()
-            await self._commit(batch.refused(DATABASE_REFUSED, reason))
-        else:
-            # Even the reject row was refused: nothing can be stored, so hand it back (the
-            # subscription's dead-letter policy ends the loop) and say so loudly.
-            log.error(
-                "consumer.reject_unstorable",
-                extra={"messages": len(batch), "error": describe_db_error(error)},
-            )
-            await self.inflight.release(batch.messages)
-
-    def _count(self, result: WriteResult) -> None:
-        self.metrics.inserted.inc(result.inserted)
-        self.metrics.duplicates.inc(result.duplicates)
-        self.metrics.conflicting_duplicates.inc(result.conflicts)
-        if result.unpriced:
-            self.metrics.unpriced.inc(result.unpriced)
-            self.unpriced_log.report(result.unpriced_models)
-        self.metrics.holds_settled.inc(result.holds_settled)
-        if result.alerts_created:
-            self.metrics.alerts_created.inc(result.alerts_created)
-            self.alerts.notify()
-        for reject in result.rejected:
-            self.metrics.rejects.labels(reason=reject.reason_code).inc()
-            log.warning(
-                "consumer.rejected",
-                extra={"message_id": reject.message.message_id, "reason": reject.reason[:500]},
-            )
 
     async def check_database(self) -> None:
         """Raise unless the database answers `SELECT 1` (readiness, and probing after outages)."""

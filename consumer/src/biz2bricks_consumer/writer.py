@@ -118,7 +118,7 @@ class BatchWriter:
                     events, unknown = _split_unknown(batch, not_stored)
                     rejects.extend(unknown)
                 if inserted < len(events):
-                    conflicts = await _conflicts(conn, events, sources_of(batch, events))
+                    conflicts = await _conflicts(conn, events, batch.sources_of(events))
                     rejects.extend(conflicts)
                     conflicting = len(conflicts)
             if rejects:
@@ -127,16 +127,6 @@ class BatchWriter:
         return WriteResult(
             inserted, duplicates, rejects, unpriced, unpriced_models, settled, alerts, consumed
         )
-
-
-def sources_of(batch: Batch, events: Sequence[UsageEvent]) -> dict[uuid.UUID, InboundMessage]:
-    """The message each of ``events`` came from, by event_id."""
-    wanted = {e.event_id for e in events}
-    return {
-        e.event_id: m
-        for e, m in zip(batch.events, batch.sources, strict=True)
-        if e.event_id in wanted
-    }
 
 
 async def _conflicts(
@@ -159,12 +149,12 @@ async def _conflicts(
 def _split_unknown(
     batch: Batch, unknown_orgs: set[uuid.UUID]
 ) -> tuple[list[UsageEvent], list[Reject]]:
-    keep: list[UsageEvent] = []
-    unknown: list[Reject] = []
-    for event, message in zip(batch.events, batch.sources, strict=True):
-        if event.organization_id not in unknown_orgs:
-            keep.append(event)
-        else:
-            reason = f"organization_id: {event.organization_id} is not a provisioned organization"
-            unknown.append(Reject(message, "unknown_organization", reason))
-    return keep, unknown
+    keep, unknown = batch.split_off(unknown_orgs)
+    return keep, [
+        Reject(
+            message,
+            "unknown_organization",
+            f"organization_id: {event.organization_id} is not a provisioned organization",
+        )
+        for event, message in unknown
+    ]

@@ -87,11 +87,6 @@ class DatabaseManager:
     def __repr__(self) -> str:
         return f"DatabaseManager({self.config.safe_description()})"
 
-    @property
-    def loops_in_use(self) -> int:
-        """How many event loops currently have an engine (and a pool) of this manager."""
-        return len(self._per_loop)
-
     def _resources(self) -> _LoopResources:
         loop = asyncio.get_running_loop()
         resources = self._per_loop.get(loop)
