@@ -15,9 +15,7 @@ same transaction, under the organization's counter-row lock (the consumer's lock
 Events of a period that is not the current one (counters already rolled) give back nothing to
 the counters; statements book them as adjustments (biz2bricks_core.statements).
 
-An amend is a void of the original and a new event (a new id, ``amends`` naming the original)
-recorded by the batch statement itself (biz2bricks_core.recording), so it is priced and counted
-exactly as the consumer would have, in one transaction that locks both organizations in order.
+An amendment (biz2bricks_core.amendments) is such a void plus the corrected event.
 """
 
 from __future__ import annotations
@@ -30,49 +28,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
-from biz2bricks_core.counters import lock_counters_sql, lock_order
 from biz2bricks_core.counting import event_tokens_sql
 from biz2bricks_core.credits import REFRESH_GRANTS, GrantState, grants_kept_after_void, restore
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import (
     InvalidArgumentError,
-    InvalidEventError,
-    UnknownEventError,
     UnknownOrganizationError,
 )
-from biz2bricks_core.event_ids import new_event_id
-from biz2bricks_core.events import UsageEvent, validate_event
-from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.periods import in_period
-from biz2bricks_core.price_rows import load_price_book
-from biz2bricks_core.recording import record_events
 
-__all__ = ["AMENDABLE", "VoidResult", "amend_event", "preview_void", "void_events"]
-
-# What an amendment may change; the rest of the event (request id, metadata) carries over.
-AMENDABLE: Final = frozenset(
-    {
-        "organization_id",
-        "user_id",
-        "provider",
-        "model",
-        "input_tokens",
-        "output_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "cache_write_1h_tokens",
-        "operation",
-        "occurred_at",
-    }
-)
-ORIGINAL: Final = "SELECT * FROM usage_events WHERE event_id = $1"
-AMENDMENT: Final = (
-    "SELECT new_event_id FROM usage_corrections WHERE event_id = $1 AND kind = 'amend'"
-)
-LINK: Final = (
-    "WITH e AS (UPDATE usage_events SET amends = $1 WHERE event_id = $2)"
-    " UPDATE usage_corrections SET new_event_id = $2 WHERE event_id = $1 AND kind = 'amend'"
-)
+__all__ = ["VoidResult", "preview_void", "void_events", "void_locked"]
 
 LOCK: Final = (
     "SELECT now() AS now, period_start, period_end, token_limit, tokens_used_period,"
@@ -185,9 +150,9 @@ async def void_events(
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidArgumentError("reason: say why the usage is voided (a non-empty string)")
     if conn is not None:
-        return await _void(conn, org, event_ids, request_id, start, end, reason, actor, kind)
+        return await void_locked(conn, org, event_ids, request_id, start, end, reason, actor, kind)
     async with db.unavailable_as_error(), db.driver() as own, own.transaction():
-        return await _void(own, org, event_ids, request_id, start, end, reason, actor, kind)
+        return await void_locked(own, org, event_ids, request_id, start, end, reason, actor, kind)
 
 
 async def preview_void(
@@ -206,7 +171,7 @@ async def preview_void(
         return list(await conn.fetch(PREVIEW, org, ids, request_id, start, end))
 
 
-async def _void(
+async def void_locked(
     conn: Any,
     org: uuid.UUID,
     event_ids: Sequence[uuid.UUID] | None,
@@ -217,6 +182,8 @@ async def _void(
     actor: str | None,
     kind: str,
 ) -> VoidResult:
+    """Void on ``conn``, in the caller's transaction: lock the organization's counter row, mark
+    the events, give back what they counted, record the corrections."""
     limits = await conn.fetchrow(LOCK, org)
     if limits is None:
         raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
@@ -324,75 +291,3 @@ def _shares(voided: Sequence[Any], counted: Sequence[bool], restored: int) -> li
             shares[i] = min(int(voided[i]["tokens"]), left)
             left -= shares[i]
     return shares
-
-
-async def amend_event(
-    db: DatabaseManager,
-    event_id: uuid.UUID,
-    *,
-    reason: str,
-    actor: str | None,
-    changes: dict[str, Any],
-) -> uuid.UUID:
-    """Replace a stored event by a corrected one; returns the new event's id.
-
-    Amending the same event again with the same changes returns the same new id; an event
-    that was voided (or amended otherwise) cannot be amended: amend its amendment instead.
-    """
-    unknown = set(changes) - AMENDABLE
-    if unknown:
-        allowed = ", ".join(sorted(AMENDABLE))
-        raise InvalidArgumentError(
-            f"{', '.join(sorted(unknown))}: cannot be amended (any of {allowed})"
-        )
-    if not changes:
-        raise InvalidArgumentError("changes: name at least one field to amend")
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidArgumentError("reason: say why the event is amended (a non-empty string)")
-    book = await load_price_book(db, ModelNames())
-    async with db.unavailable_as_error(), db.driver() as conn, conn.transaction():
-        original = await conn.fetchrow(ORIGINAL, event_id)
-        if original is None:
-            raise UnknownEventError(f"usage event {event_id} is not stored (or was archived)")
-        amended = _amended(original, changes)
-        if original["voided_at"] is not None:
-            return await _same_amendment(conn, original, amended)
-        orgs = lock_order([original["organization_id"], amended.organization_id])
-        locked = await conn.fetch(lock_counters_sql("SELECT unnest($1::uuid[])"), orgs)
-        if len(locked) != len(orgs):
-            raise UnknownOrganizationError(
-                f"organization {amended.organization_id} has no usage_limits row"
-            )
-        await _void(
-            conn, original["organization_id"], [event_id], None, None, None, reason, actor, "amend"
-        )
-        recorded = await record_events(conn, [amended], book)
-        if recorded.inserted != 1:
-            raise RuntimeError(f"the amendment {amended.event_id} of {event_id} was not stored")
-        await conn.execute(LINK, event_id, amended.event_id)
-        return amended.event_id
-
-
-def _amended(original: Any, changes: dict[str, Any]) -> UsageEvent:
-    """The replacing event: the original's fields with ``changes``, a new id, no hold."""
-    fields = {name: original[name] for name in UsageEvent.model_fields if name in original}
-    if isinstance(fields.get("metadata"), str):
-        fields["metadata"] = json.loads(fields["metadata"], parse_float=Decimal)
-    fields.update(changes, event_id=new_event_id(), reservation_id=None)
-    try:
-        return validate_event(fields)
-    except InvalidEventError as error:
-        raise InvalidArgumentError(f"the amended event is invalid: {error.reason}") from None
-
-
-async def _same_amendment(conn: Any, original: Any, amended: UsageEvent) -> uuid.UUID:
-    """A retry of an amendment returns its event; anything else on a voided event is refused."""
-    new_id = await conn.fetchval(AMENDMENT, original["event_id"])
-    if new_id is not None:
-        stored = await conn.fetchrow(ORIGINAL, new_id)
-        if stored is not None and all(stored[name] == getattr(amended, name) for name in AMENDABLE):
-            return uuid.UUID(str(new_id))
-    hint = f" (its amendment is {new_id}: amend that one)" if new_id is not None else ""
-    raise InvalidArgumentError(
-        f"event_id: {original['event_id']} was voided and cannot be amended{hint}"
-    )
