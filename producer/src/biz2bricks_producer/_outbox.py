@@ -1,10 +1,11 @@
 """The outbox: the bounded in-memory queue and the sender thread that publishes it in batches.
 
 ``offer`` is the caller's whole cost while Pub/Sub answers: one lock, a few comparisons and an
-append. The sender takes batches of up to ``batch_max_messages`` and publishes each with one
-Publish RPC (no per-message future: fire-and-forget needs only the batch's outcome). A batch
-that fails is handed to the spool writer under ``lock``, so a message is always in exactly one
-place: the queue, a batch in flight, or the spool writer.
+append (and a wake-up of the sender for the first message of a batch and for a full one). The
+sender sleeps while nothing is queued; it takes batches of up to ``batch_max_messages`` and
+publishes each with one Publish RPC (no per-message future: fire-and-forget needs only the
+batch's outcome). A batch that fails is handed to the spool writer under ``lock``, so a message
+is always in exactly one place: the queue, a batch in flight, or the spool writer.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Outbox:
         Refused while Pub/Sub is believed down, while draining, or past the in-flight caps.
         """
         size = len(message[0])
+        first = False
         with self.lock:
             self._metrics.accepted += 1  # only ever written here, under this lock
             admit = (
@@ -70,10 +72,11 @@ class Outbox:
                 and self._queued_bytes + size <= self._max_bytes
             )
             if admit:
+                first = not self._queue
                 self._queue.append(message)
                 self._queued_bytes += size
-        if admit and len(self._queue) >= self._batch_max:
-            self._wake.set()
+        if admit and (first or len(self._queue) >= self._batch_max):
+            self._wake.set()  # the first message starts the batch's latency; a full one goes now
         return admit
 
     # -- Pub/Sub state, set by the sender and the replayer --
@@ -140,9 +143,14 @@ class Outbox:
     # -- the sender thread --
 
     def _run(self) -> None:
+        # Asleep while nothing is queued (all through an outage): no timed wake-ups that would
+        # take the GIL from the callers for nothing.
         while True:
-            self._wake.wait(self._latency_s)
+            self._wake.wait()
             self._wake.clear()
+            if len(self._queue) < self._batch_max and not self._stop.is_set():
+                self._wake.wait(self._latency_s)  # let the batch fill
+                self._wake.clear()
             while self._queue:
                 key, batch = self._take_batch()
                 self._send_batch(key, batch)
