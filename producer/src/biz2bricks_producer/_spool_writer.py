@@ -81,15 +81,21 @@ class SpoolWriter:
         self._wake.set()
 
     def write_all(self) -> None:
-        """Write and fsync everything that waits, in chunks, on this thread."""
+        """Write and fsync, in chunks, on this thread, everything that waits when it is called.
+
+        What callers add meanwhile waits for the next round: chasing it would turn one large
+        write into a stream of small ones, each a turn at the GIL that a caller waits for.
+        """
         pending = self._pending
-        while pending:
+        left = len(pending)
+        while left > 0:
             chunk: list[Message] = []
             try:
-                while len(chunk) < WRITE_CHUNK:
+                while len(chunk) < min(left, WRITE_CHUNK):
                     chunk.append(pending.popleft())
             except IndexError:
-                pass  # another thread took the rest
+                left = 0  # another thread took the rest
+            left -= len(chunk)
             if chunk:
                 self.write(chunk, sync=True)
 
