@@ -173,7 +173,7 @@ LOCKED_SIGTERM_SCRIPT = """
     ids = [str(producer.record_tokens(organization_id=uuid.uuid4(), provider="openai",
            model="gpt-4o", input_tokens=1, output_tokens=1)) for _ in range(50)]
     open(os.environ["IDS"], "w").write("\\n".join(ids))
-    with producer._lock:  # SIGTERM lands while this thread is inside record_tokens' lock
+    with producer._pipeline.outbox.lock:  # SIGTERM lands inside record_tokens' lock
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.5)
     time.sleep(30)

@@ -9,9 +9,13 @@ default action after its graceful shutdown, so ``atexit`` never runs). These hoo
   threads, client and spool slot;
 - SIGTERM: when a producer is created on the main thread (and again at the first event recorded
   on the main thread of a forked child), its hook is put in front of the current handler. It
-  publishes what is in memory within ``USAGE_EXIT_FLUSH_TIMEOUT``, spools the rest, writes events
-  recorded afterwards straight to the spool, then hands over to the previous handler;
+  drains each producer (``on_sigterm``): publishes what is in memory within
+  ``USAGE_EXIT_FLUSH_TIMEOUT``, spools the rest, writes events recorded afterwards straight to
+  the spool, then hands over to the previous handler;
 - interpreter exit: ``close()`` with the same bound.
+
+These hooks use only the producer's public methods: ``before_fork``, ``after_fork_in_parent``,
+``after_fork_in_child``, ``on_sigterm`` and ``close``.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # The work runs on a helper thread: the interrupted frame on this (main) thread may hold a
     # producer's lock, which the handler itself would then wait for forever.
     producers = list(_producers)
-    helper = threading.Thread(target=_settle_all, args=(producers,), name="usage-sigterm")
+    helper = threading.Thread(target=_drain_all, args=(producers,), name="usage-sigterm")
     helper.daemon = True
     helper.start()
     bound_s = max((p.settings.exit_flush_timeout_s for p in producers), default=0.0) + 1.0
@@ -104,10 +108,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         signal.raise_signal(signal.SIGTERM)
 
 
-def _settle_all(producers: list[UsageProducer]) -> None:
+def _drain_all(producers: list[UsageProducer]) -> None:
     for producer in producers:
         try:
-            producer._on_sigterm()
+            producer.on_sigterm()
         except Exception:  # the previous handler must run whatever happened here
             log.exception("producer.sigterm_hook_failed")
 
@@ -118,18 +122,16 @@ def _signal_when_done(helper: threading.Thread) -> None:
 
 
 def _before_fork() -> None:
-    # Hold every producer's locks across fork(): the child then sees no half-made batch and no
-    # half-written spool line.
+    # Every producer holds its locks across fork(): the child then sees no half-made batch and
+    # no half-written spool line.
     _forking[:] = list(_producers)
     for producer in _forking:
-        producer._lock.acquire()
-        producer._spool.lock.acquire()
+        producer.before_fork()
 
 
 def _after_fork_in_parent() -> None:
     for producer in reversed(_forking):
-        producer._spool.lock.release()
-        producer._lock.release()
+        producer.after_fork_in_parent()
     _forking.clear()
 
 
@@ -137,7 +139,7 @@ def _after_fork_in_child() -> None:
     forked, _forking[:] = list(_forking), []
     for producer in forked:
         try:
-            producer._after_fork_in_child()
+            producer.after_fork_in_child()
         except Exception:
             log.exception("producer.fork_restart_failed")
 

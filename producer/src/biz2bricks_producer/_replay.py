@@ -50,49 +50,60 @@ class Replayer:
             if self._stop.is_set():
                 return
             try:
-                self.replay_once()
+                done = self.replay_once()
             except Exception:  # keep the thread alive; the next round retries
                 log.exception("producer.replay_failed")
+                done = False
+            if not done:
+                # Pub/Sub still down: the next round after the interval, not at every spool
+                # write (each round reads a segment and may build a client: work the callers'
+                # threads would wait for at the GIL).
+                self._stop.wait(self._interval_s())
 
-    def replay_once(self) -> None:
-        """Publish an orphaned slot's segments, then this slot's sealed ones."""
+    def replay_once(self) -> bool:
+        """Publish an orphaned slot's segments, then this slot's sealed ones; False on failure."""
         with self.spool.orphaned_segments() as orphans:
             if orphans and not self._replay_segments(orphans):
-                return
+                return False
         if self.spool.is_empty():
             self._on_reachable(False)
-            return
+            return True
         self.spool.seal()
-        if self._replay_segments(list(self.spool.sealed_segments())):
-            self._on_reachable(True)
+        if not self._replay_segments(list(self.spool.sealed_segments())):
+            return False
+        self._on_reachable(True)
+        return True
 
     def _replay_segments(self, segments: list[Path]) -> bool:
         for segment in segments:
-            messages, corrupt = self.spool.read(segment)
-            if corrupt:
-                self._metrics.add("corrupt_spool_lines", corrupt)
-                log.error(
-                    "producer.spool_corrupt_lines",
-                    extra={"segment": str(segment), "lines": corrupt},
-                )
-            if not self._publish_all(messages):
-                return False
+            replayed = 0
+            for messages, corrupt in self.spool.read_chunks(segment, REPLAY_CHUNK):
+                if corrupt:
+                    self._metrics.add("corrupt_spool_lines", corrupt)
+                    log.error(
+                        "producer.spool_corrupt_lines",
+                        extra={"segment": str(segment), "lines": corrupt},
+                    )
+                if not self._publish(messages):
+                    return False
+                replayed += len(messages)
             self.spool.remove(segment)
-            self._metrics.add("replayed", len(messages))
+            self._metrics.add("replayed", replayed)
             log.info(
                 "producer.spool_replayed",
-                extra={"segment": str(segment), "messages": len(messages)},
+                extra={"segment": str(segment), "messages": replayed},
             )
         return True
 
-    def _publish_all(self, messages: list[Message]) -> bool:
-        for start in range(0, len(messages), REPLAY_CHUNK):
-            if self._stop.is_set():
-                return False
-            try:
-                self._transport.publish(messages[start : start + REPLAY_CHUNK])
-            except Exception as error:
-                self._on_failure(error)
-                self._transport.renew()
-                return False
+    def _publish(self, messages: list[Message]) -> bool:
+        if not messages:
+            return True
+        if self._stop.is_set():
+            return False
+        try:
+            self._transport.publish(messages)
+        except Exception as error:
+            self._on_failure(error)
+            self._transport.renew()
+            return False
         return True

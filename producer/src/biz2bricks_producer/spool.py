@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -26,8 +27,12 @@ Message = tuple[bytes, dict[str, str]]
 
 
 def encode_line(data: bytes, attributes: dict[str, str]) -> bytes:
-    """One spool line for a message."""
-    return json.dumps({"d": base64.b64encode(data).decode(), "a": attributes}).encode() + b"\n"
+    """One spool line for a message: ``{"d": base64 body, "a": attributes}``.
+
+    Assembled around the base64 text (which JSON needs no escape for): the same bytes as
+    ``json.dumps`` of the object, for about half its cost on the spool writer's thread.
+    """
+    return b'{"d": "%s", "a": %s}\n' % (base64.b64encode(data), json.dumps(attributes).encode())
 
 
 def decode_line(line: bytes) -> Message | None:
@@ -50,7 +55,7 @@ class Spool:
         self.root = root
         self._max_bytes = max_bytes
         self._segment_bytes = segment_bytes
-        self.lock = threading.Lock()  # also held across fork() so no append is cut in half
+        self.lock = threading.Lock()  # also held across fork(): see before_fork
         self._closed = False
         root.mkdir(parents=True, exist_ok=True)
         self.dir, self._lock_file = self._claim_slot(root)
@@ -98,22 +103,29 @@ class Spool:
         with self.lock:
             if self._closed:
                 raise SpoolClosedError(str(self.dir))
+            segment: list[bytes] = []  # written in one call per segment: one system call
             for line in lines:
                 if self._size + len(line) > self._max_bytes:
                     dropped += 1
                     continue
                 if self._active is None or self._active_size >= self._segment_bytes:
+                    self._write(segment)
                     self._rotate()
-                assert self._active is not None
-                self._active.write(line)
+                segment.append(line)
                 self._active_size += len(line)
                 self._size += len(line)
                 written += 1
+            self._write(segment)
             if self._active is not None:
                 self._active.flush()
                 if sync:
                     os.fsync(self._active.fileno())
         return written, dropped
+
+    def _write(self, lines: list[bytes]) -> None:
+        if lines and self._active is not None:
+            self._active.write(b"".join(lines))
+            lines.clear()
 
     def _rotate(self) -> None:
         if self._active is not None:
@@ -139,18 +151,23 @@ class Spool:
         yield from segments
 
     @staticmethod
-    def read(segment: Path) -> tuple[list[Message], int]:
-        """The messages of a segment and the number of unreadable lines."""
-        messages: list[Message] = []
-        corrupt = 0
+    def read_chunks(segment: Path, size: int) -> Iterator[tuple[list[Message], int]]:
+        """A segment's messages, ``size`` lines at a time, each with its count of unreadable lines.
+
+        In chunks so that a replay which fails at its first publish (Pub/Sub still down) has
+        decoded one chunk, not the whole segment.
+        """
         with segment.open("rb") as handle:
-            for line in handle:
-                message = decode_line(line)
-                if message is None:
-                    corrupt += 1
-                else:
-                    messages.append(message)
-        return messages, corrupt
+            while lines := list(itertools.islice(handle, size)):
+                messages: list[Message] = []
+                corrupt = 0
+                for line in lines:
+                    message = decode_line(line)
+                    if message is None:
+                        corrupt += 1
+                    else:
+                        messages.append(message)
+                yield messages, corrupt
 
     @contextlib.contextmanager
     def orphaned_segments(self) -> Iterator[list[Path]]:
@@ -200,6 +217,14 @@ class Spool:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
+
+    def before_fork(self) -> None:
+        """Hold the lock across fork(), so that the child finds no append cut in half."""
+        self.lock.acquire()
+
+    def after_fork_in_parent(self) -> None:
+        """Release what ``before_fork`` held."""
+        self.lock.release()
 
     def abandon_after_fork(self) -> None:
         """In a forked child: drop the inherited descriptors; the parent keeps slot and files.
