@@ -372,7 +372,9 @@ async def test_writers_of_the_counters_in_different_modules_never_deadlock(
     work = [writer.write(b) for b in book_batches]
     for _ in range(3):
         work += [repair(db, drifts), repair_holds(db, holds)]
-    work.append(reprice(db, first=today - timedelta(days=1), last=today, batch_size=3))
+    work.append(
+        reprice(db, first=today - timedelta(days=1), last=today, batch_size=3, organizations=orgs)
+    )
     results = await asyncio.gather(*work, return_exceptions=True)
     # Then none failed (a deadlock would raise in one of them) and the counters are exact
     assert [r for r in results if isinstance(r, BaseException)] == []

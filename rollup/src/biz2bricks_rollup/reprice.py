@@ -38,6 +38,7 @@ FROM usage_events
 WHERE occurred_at >= $1::timestamptz AND occurred_at < $2::timestamptz
     AND (NOT $3::boolean OR cost_usd IS NULL) AND voided_at IS NULL
     AND (occurred_at, event_id) > ($4::timestamptz, $5::uuid)
+    AND ($7::uuid[] IS NULL OR organization_id = ANY($7::uuid[]))
 ORDER BY occurred_at, event_id
 LIMIT $6::integer
 """
@@ -163,15 +164,25 @@ async def reprice(
     dry_run: bool = False,
     batch_size: int = BATCH_SIZE,
     book: PriceBook | None = None,
+    organizations: Sequence[uuid.UUID] | None = None,
 ) -> RepriceResult:
-    """Re-price the chosen events in batches; see the module docstring."""
+    """Re-price the chosen events in batches (of ``organizations`` only, if given); see the
+    module docstring."""
     start, end = _bounds(first, last)
     book = book if book is not None else await load_price_book(db, ModelNames())
     result = RepriceResult(dry_run=dry_run)
     cursor: tuple[datetime, uuid.UUID] = (start, uuid.UUID(int=0))
     while True:
         async with db.driver() as conn:
-            rows = await conn.fetch(SELECT_EVENTS, start, end, unpriced_only, *cursor, batch_size)
+            rows = await conn.fetch(
+                SELECT_EVENTS,
+                start,
+                end,
+                unpriced_only,
+                *cursor,
+                batch_size,
+                None if organizations is None else list(organizations),
+            )
             if not rows:
                 break
             cursor = (rows[-1]["occurred_at"], rows[-1]["event_id"])
