@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-
 _NOT_COUNTERS = frozenset({"_lock", "rejected_by_reason"})
 
 
