@@ -4,6 +4,7 @@ for every command. Real commands as subprocesses, against the real server and em
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -184,3 +185,23 @@ def test_exit_when_idle_ends_a_worker_whose_database_is_down(
     assert "did not answer for 2 s" in result.stderr
     assert "Traceback" not in result.stderr
     assert elapsed < QUICK_S + 10, elapsed
+
+
+def test_the_worker_logs_one_start_line_and_counts_as_integers(
+    database_url: str, pubsub_names: PubSubNames
+) -> None:
+    # Given a worker with everything it needs
+    env = worker_env(database_url, pubsub_names, PORT="0")
+    # When it runs until idle
+    result = run_command((*CONSUMER, "--exit-when-idle", "1"), **env)
+    # Then it said once where it pulls from and answers, and its counters are integers
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    [started] = [e for e in entries if e["event"] == "consumer.started"]
+    assert started["subscription"] == pubsub_names.subscription
+    assert started["project"] == pubsub_names.project_id
+    assert started["health"].startswith("http://127.0.0.1:")
+    assert started["batch_max_messages"] > 0
+    [stopped] = [e for e in entries if e["event"] == "consumer.stopped"]
+    assert isinstance(stopped["pulled"], int)
+    assert isinstance(stopped["acked"], int)

@@ -134,8 +134,11 @@ class Worker:
                     main.cancel()
                     break
                 if self._unreachable_past_idle():
+                    # No grace to wait out: nothing commits while the database is down, and
+                    # what was pulled goes back unacked.
                     self._gave_up = True
                     self.stop()
+                    self.retry.begin_stop(time.monotonic())
                 await asyncio.wait([main], timeout=0.1)
         finally:
             self._stopping.set()
