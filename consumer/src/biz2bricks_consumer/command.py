@@ -19,13 +19,17 @@ from google.auth.exceptions import DefaultCredentialsError
 from biz2bricks_consumer._entry import StopSignals
 from biz2bricks_consumer.errors import WorkerFailed
 from biz2bricks_consumer.health import HealthServer
-from biz2bricks_consumer.pubsub import PubSubSource, ensure_topic_and_subscription
+from biz2bricks_consumer.pubsub import (
+    PubSubSource,
+    ensure_topic_and_subscription,
+    pubsub_unreachable,
+)
 from biz2bricks_consumer.settings import ConsumerSettings
 from biz2bricks_consumer.worker import Worker, tune_gc
 from biz2bricks_core.cli import command_parser, listen_error, run_command
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DATABASE_DOWN_ERRORS, DatabaseManager
-from biz2bricks_core.errors import ConfigurationError
+from biz2bricks_core.errors import ConfigurationError, DatabaseAccessError
 from biz2bricks_core.logs import configure_logging
 from biz2bricks_core.schema import check_schema
 
@@ -125,6 +129,7 @@ async def run_worker(worker: Worker, signals: StopSignals | None = None) -> int:
             raise listen_error(
                 error, settings.health_host, settings.health_port, "PORT (or --health-port)"
             ) from error
+        log.info("consumer.started", extra=_start_fields(settings, health.port))
         try:
             await worker.run()
         except WorkerFailed as error:
@@ -139,6 +144,20 @@ async def run_worker(worker: Worker, signals: StopSignals | None = None) -> int:
             await asyncio.wait_for(db.dispose(), timeout=1.0)
 
 
+def _start_fields(settings: ConsumerSettings, health_port: int) -> dict[str, object]:
+    """What the start line says: where it pulls from, where it answers, how it batches."""
+    return {
+        "subscription": settings.subscription,
+        "project": settings.project_id,
+        "health": f"http://{settings.health_host}:{health_port}/readyz",
+        "batch_max_messages": settings.batch_max_messages,
+        "batch_linger_s": settings.batch_linger_s,
+        "pull_concurrency": settings.pull_concurrency,
+        "write_concurrency": settings.write_concurrency,
+        "exit_when_idle_s": settings.exit_when_idle_s,
+    }
+
+
 async def _check_schema(db: DatabaseManager) -> None:
     """Refuse to start on a database not migrated for this release (SchemaOutdatedError, one
     line and exit 2). A database that does not answer now is the worker's to wait for, and a
@@ -147,6 +166,8 @@ async def _check_schema(db: DatabaseManager) -> None:
     the database answering, names the migration)."""
     try:
         await asyncio.wait_for(check_schema(db), timeout=SCHEMA_CHECK_TIMEOUT_S)
+    except DatabaseAccessError:
+        raise  # no such database or role, a wrong password: a setting to fix, not to wait out
     except (*DATABASE_DOWN_ERRORS, TimeoutError, asyncpg.PostgresError) as error:
         log.warning(
             "consumer.schema_unchecked",
@@ -158,7 +179,8 @@ async def _check_schema(db: DatabaseManager) -> None:
 
 
 async def _check_subscription(source: PubSubSource, settings: ConsumerSettings) -> int:
-    """0 when the subscription can be read; else log what is missing and return 2."""
+    """0 when the subscription can be read; 2 (logged) when it is missing; ConfigurationError
+    (one line naming PUBSUB_EMULATOR_HOST) when Pub/Sub does not answer within seconds."""
     try:
         await source.check()
     except gexc.NotFound:
@@ -170,17 +192,8 @@ async def _check_subscription(source: PubSubSource, settings: ConsumerSettings) 
             },
         )
         return 2
-    except gexc.GoogleAPICallError as error:
-        log.error(
-            "consumer.pubsub_unreachable",
-            extra={
-                "error": str(error),
-                "hint": (
-                    "set PUBSUB_EMULATOR_HOST for the emulator, or check credentials and project"
-                ),
-            },
-        )
-        return 2
+    except (gexc.GoogleAPICallError, gexc.RetryError) as error:
+        raise pubsub_unreachable(error, settings.project_id) from error
     return 0
 
 

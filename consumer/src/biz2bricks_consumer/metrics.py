@@ -84,9 +84,9 @@ class ConsumerMetrics:
         found = self.registry.get_sample_value(name, labels or None)
         return 0.0 if found is None else found
 
-    def summary(self) -> dict[str, float]:
-        """Counters of this run (the worker logs them when it stops)."""
-        return {
+    def summary(self) -> dict[str, int]:
+        """Counters of this run as integers (the worker logs them when it stops)."""
+        counters = {
             "pulled": self.value("usage_consumer_messages_pulled_total"),
             "inserted": self.value("usage_consumer_events_inserted_total"),
             "duplicates": self.value("usage_consumer_duplicates_total"),
@@ -98,3 +98,4 @@ class ConsumerMetrics:
             "alerts_created": self.value("usage_consumer_alerts_created_total"),
             "alerts_published": self.value("usage_consumer_alerts_published_total"),
         }
+        return {name: int(value) for name, value in counters.items()}

@@ -34,6 +34,7 @@ from tenacity import (
 from biz2bricks_consumer.batching import InboundMessage
 from biz2bricks_consumer.errors import RETRYABLE_PUBSUB_ERRORS
 from biz2bricks_consumer.settings import ConsumerSettings
+from biz2bricks_core.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,28 @@ ACK_CHUNK = 1000  # ack_ids per acknowledge/modifyAckDeadline request, well unde
 # the messages next to it. (The production transport already sets no limit; the emulator's
 # plain channel does not.)
 MAX_RECEIVE_BYTES = 11 * 1024 * 1024
+# The first call of a command answers within this, without retries: an emulator host that is
+# wrong or not started is named in seconds, not after the client's minute of retrying.
+PROBE_TIMEOUT_S = 5.0
+EMULATOR_COMMAND = "gcloud beta emulators pubsub start --host-port={host} --project={project}"
+
+
+def pubsub_unreachable(error: BaseException, project_id: str) -> ConfigurationError:
+    """The one-line ConfigurationError for a Pub/Sub (or emulator) that did not answer."""
+    cause = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if emulator:
+        return ConfigurationError(
+            f"the Pub/Sub emulator at PUBSUB_EMULATOR_HOST={emulator} did not answer within "
+            f"{PROBE_TIMEOUT_S:g} s ({cause}): start it "
+            f"({EMULATOR_COMMAND.format(host=emulator, project=project_id)}) or set "
+            "PUBSUB_EMULATOR_HOST to the host:port it listens on"
+        )
+    return ConfigurationError(
+        f"Pub/Sub did not answer within {PROBE_TIMEOUT_S:g} s ({cause}): check the network, "
+        "the credentials and PUBSUB_PROJECT_ID, or set PUBSUB_EMULATOR_HOST=host:port to use "
+        "the emulator"
+    )
 
 
 def subscriber_client() -> SubscriberClient:
@@ -132,8 +155,13 @@ class PubSubSource:
         await self._chunked(self._modify_deadline_sync, ack_ids, 0)
 
     async def check(self) -> None:
-        """Raise if the subscription cannot be read."""
-        await asyncio.to_thread(self._client.get_subscription, subscription=self._path, timeout=5)
+        """Raise if the subscription cannot be read (one attempt, within PROBE_TIMEOUT_S)."""
+        await asyncio.to_thread(
+            self._client.get_subscription,
+            subscription=self._path,
+            timeout=PROBE_TIMEOUT_S,
+            retry=None,
+        )
 
     def close(self) -> None:
         """Close the gRPC channel."""
@@ -147,6 +175,12 @@ def ensure_topic_and_subscription(settings: ConsumerSettings) -> dict[str, str]:
     dead_letter_topic = f"{settings.topic_path}-dead-letter"
     done: dict[str, str] = {}
     try:
+        try:
+            publisher.get_topic(topic=settings.topic_path, timeout=PROBE_TIMEOUT_S, retry=None)
+        except gexc.NotFound:
+            pass
+        except (gexc.GoogleAPICallError, gexc.RetryError) as error:
+            raise pubsub_unreachable(error, settings.project_id) from error
         for topic in (settings.topic_path, dead_letter_topic, settings.alerts_topic_path):
             try:
                 publisher.create_topic(name=topic)

@@ -32,6 +32,7 @@ class DatabaseRetry:
         self._metrics = metrics
         self.database_ok = asyncio.Event()
         self.database_ok.set()
+        self.down_since: float | None = None  # monotonic time of the first failure in a row
         self.stop_deadline: float | None = None  # set by Worker.stop: grace ends then
         self._stop_signal = asyncio.Event()
 
@@ -49,6 +50,8 @@ class DatabaseRetry:
 
     def failed(self, attempt: int, error: BaseException) -> None:
         """Record a retryable failure: the database counts as down until a call succeeds."""
+        if self.down_since is None:
+            self.down_since = time.monotonic()
         self.database_ok.clear()
         self._metrics.database_up.set(0)
         self._metrics.commit_retries.inc()
@@ -59,6 +62,7 @@ class DatabaseRetry:
 
     def succeeded(self) -> None:
         """A call went through: pulling may resume."""
+        self.down_since = None
         if not self.database_ok.is_set():
             log.info("consumer.database_back")
             self._metrics.database_up.set(1)

@@ -94,6 +94,7 @@ class Worker:
             ),
         )
         self._stopping = asyncio.Event()
+        self._gave_up = False  # stopped because the database stayed down past exit_when_idle_s
         self.buffer = PullBuffer(
             settings,
             self.source,
@@ -132,6 +133,12 @@ class Worker:
                     log.warning("consumer.grace_over", extra={"released": "batch in hand"})
                     main.cancel()
                     break
+                if self._unreachable_past_idle():
+                    # No grace to wait out: nothing commits while the database is down, and
+                    # what was pulled goes back unacked.
+                    self._gave_up = True
+                    self.stop()
+                    self.retry.begin_stop(time.monotonic())
                 await asyncio.wait([main], timeout=0.1)
         finally:
             self._stopping.set()
@@ -142,6 +149,11 @@ class Worker:
             raise main.exception()  # type: ignore[misc]
         if self.supervisor.failure is not None:
             raise WorkerFailed(f"a worker task kept dying: {self.supervisor.failure!r}")
+        if self._gave_up:
+            raise WorkerFailed(
+                f"the database did not answer for {self.settings.exit_when_idle_s:g} s "
+                "(--exit-when-idle): nothing was acked that was not committed"
+            )
 
     async def _main(self) -> None:
         with contextlib.suppress(BatchReleased):  # every batch loads prices too
@@ -206,6 +218,16 @@ class Worker:
                         await self.retry.call(self.check_database)
                 continue
             await self._process(messages)
+
+    def _unreachable_past_idle(self) -> bool:
+        """With --exit-when-idle, a database down that long ends the worker too."""
+        idle_s, down_since = self.settings.exit_when_idle_s, self.retry.down_since
+        return (
+            idle_s is not None
+            and not self.stopping
+            and down_since is not None
+            and time.monotonic() - down_since >= idle_s
+        )
 
     def _idle_expired(self) -> bool:
         idle_s = self.settings.exit_when_idle_s

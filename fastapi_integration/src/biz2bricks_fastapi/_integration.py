@@ -133,9 +133,12 @@ async def _warm(db: DatabaseManager, connections: int | None) -> None:
                 conn = await held.enter_async_context(db.engine.connect())
                 await conn.execute(text("SELECT 1"))
     except Exception as error:
+        cause = str(error)[:500]
         log.warning(
-            "usage.database_warmup_failed",
-            extra={"database": db.config.safe_description(), "error": str(error)[:500]},
+            "usage.database_warmup_failed: %s (the app starts; limit checks answer 503 or "
+            "fail open until it answers)",
+            cause,
+            extra={"database": db.config.safe_description(), "error": cause},
         )
 
 

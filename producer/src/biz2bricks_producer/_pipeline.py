@@ -80,9 +80,11 @@ class Pipeline:
         """A publish failed (sender or replayer): spool new events until a replay gets through."""
         self._metrics.add("publish_errors")
         if self.outbox.mark_unavailable():
+            cause = f"{type(error).__name__}: {error}"[:500]
             log.warning(
-                "producer.pubsub_unavailable_spooling",
-                extra={"error": f"{type(error).__name__}: {error}"[:500]},
+                "producer.pubsub_unavailable_spooling: %s (events go to the spool, replayed later)",
+                cause,
+                extra={"error": cause},
             )
         self.replayer.wake.set()
 

@@ -140,8 +140,13 @@ class UsageProducer:
         )
 
     def _reject(self, event_id: object, reason: str) -> uuid.UUID:
-        self.metrics.add("rejected")
-        log.warning("producer.event_rejected", extra={"reason": reason})
+        self.metrics.reject(reason)
+        log.warning(
+            "producer.event_rejected: %s (event %s dropped; USAGE_PRODUCER_STRICT=1 raises)",
+            reason,
+            event_id,
+            extra={"reason": reason, "event_id": str(event_id)},
+        )
         if self.settings.strict:
             raise ValueError(reason)
         try:

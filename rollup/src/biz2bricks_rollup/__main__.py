@@ -16,7 +16,8 @@ from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import ConfigurationError
 from biz2bricks_core.logs import configure_logging
 from biz2bricks_core.retention import RetentionSettings
-from biz2bricks_rollup import books
+from biz2bricks_core.schema import check_schema
+from biz2bricks_rollup import accounts, books
 from biz2bricks_rollup.archive import ArchiveSettings, archive, archived_before
 from biz2bricks_rollup.archive_store import open_store
 from biz2bricks_rollup.daily import after_summaries
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     keep.add_argument("--before", type=_month, help="archive only months before YYYY-MM")
     keep.add_argument("--dry-run", action="store_true", help="print the months, change nothing")
     books.add_commands(commands)
+    accounts.add_commands(commands)
     serve = commands.add_parser("serve", help="HTTP trigger for Cloud Scheduler (POST /)")
     serve.add_argument("--port", type=int, help="default $PORT or 8080")
     return parser
@@ -101,7 +103,8 @@ def _progress(result: DayResult, done: int, total: int) -> None:
 
 async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
     try:
-        await db.check()
+        await db.check()  # a refused database, role or password: one line naming the fix
+        await check_schema(db)  # not migrated: one line naming `alembic upgrade head`
         if args.command == "run":
             return await _rollup_run(db, args)
         if args.command == "archive":
@@ -125,6 +128,10 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
             return await books.run_void(db, args)
         if args.command == "statement":
             return await books.run_statement(db, args)
+        if args.command == "provision":
+            return await accounts.run_provision(db, args)
+        if args.command == "grant":
+            return await accounts.run_grant(db, args)
         return await _serve(db, args)
     except RollupBusyError as error:
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from biz2bricks_core.config import DatabaseConfig
+from biz2bricks_core.database_access import access_error
 from biz2bricks_core.errors import DatabaseUnavailableError
 
 __all__ = [
@@ -43,9 +45,11 @@ DRIVER_DISCONNECT_ERRORS: Final = (
     asyncpg.exceptions.OperatorInterventionError,
 )
 
-# Every way "the database did not answer" surfaces, through SQLAlchemy or from the driver:
+# Every way "the database cannot be used" surfaces, through SQLAlchemy or from the driver:
 # what the limit checks fail open/closed on and what the consumer backs off and retries.
+# DatabaseUnavailableError includes DatabaseAccessError: a missing database, role or password.
 DATABASE_DOWN_ERRORS: Final = (
+    DatabaseUnavailableError,
     OSError,  # includes ConnectionError
     TimeoutError,
     PoolTimeoutError,
@@ -151,9 +155,15 @@ class DatabaseManager:
 
             options["async_creator"] = connect
         engine = create_async_engine(cfg.sqlalchemy_url(), **options)
+        event.listen(engine.sync_engine, "handle_error", self._refused_as_access_error)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         log.debug("database.engine_created", extra={"database": cfg.safe_description()})
         return _LoopResources(engine=engine, sessions=sessions, connector=connector)
+
+    def _refused_as_access_error(self, context: ExceptionContext) -> BaseException | None:
+        # A refused connection (no such database or role, wrong password) is a setting to fix,
+        # not an outage: one error that names the fix, for every caller of this manager.
+        return access_error(self.config, context.original_exception)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -200,6 +210,8 @@ class DatabaseManager:
 
     def unavailable(self, error: BaseException) -> DatabaseUnavailableError:
         """The package error for ``error``: names the database, the cause and how to fix it."""
+        if isinstance(error, DatabaseUnavailableError):
+            return error  # already names its fix (a refused database, role or password)
         if self.config.uses_connector:
             fix = "check CLOUD_SQL_INSTANCE, CLOUD_SQL_IP_TYPE and the credentials"
         else:

@@ -23,6 +23,10 @@ class DatabaseUnavailableError(TransientError):
     """The database did not answer; the message says which one and how to start it."""
 
 
+class DatabaseAccessError(DatabaseUnavailableError):
+    """The server answered but refused the database, role or password; the message names the fix."""
+
+
 class PermanentError(Biz2BricksError):
     """A failure that retrying cannot fix (bad input, unknown organization)."""
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from biz2bricks_core.errors import ConfigurationError
 
-__all__ = ["LOG_LEVELS", "JsonFormatter", "configure_logging"]
+__all__ = ["LOG_LEVELS", "JsonFormatter", "configure_logging", "event_name"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -21,6 +21,13 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
 
 
+def event_name(record: logging.LogRecord) -> str:
+    """The record's event name: its message template up to the first ": " (the library's lines
+    read ``event.name: what happened``, so that plain logging shows the why too)."""
+    template = str(record.msg)
+    return template.split(": ", 1)[0] if record.args else record.getMessage()
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, event, and the record's extra fields."""
 
@@ -29,7 +36,8 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "severity": record.levelname,
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": event_name(record),
+            **({"message": message} if (message := record.getMessage()) != record.msg else {}),
             **_fields(record),
         }
         if record.exc_info:
