@@ -50,7 +50,10 @@ def upgrade() -> None:
         sa.Column("cost_usd", sa.Numeric(precision=24, scale=12), nullable=False),
         sa.Column("unpriced_count", sa.BigInteger(), nullable=False),
         sa.Column(
-            "updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.CheckConstraint(
             "dimensions IN (1, 2, 3)", name=op.f("ck_usage_daily_breakdowns_dimensions_known")

@@ -95,14 +95,17 @@ removed AS (
     RETURNING 1
 ),
 parts AS (
+    -- Sparse: no row for events without any of the kept dimensions; the query derives that
+    -- part as the summary row less the breakdown rows (biz2bricks_core.late_events).
     SELECT organization_id, {USER} AS dimensions, provider, model, user_id,
         CAST(NULL AS varchar) AS operation, {_RESUM}
-    FROM fine GROUP BY organization_id, provider, model, user_id
+    FROM fine WHERE user_id IS NOT NULL GROUP BY organization_id, provider, model, user_id
     UNION ALL
     SELECT organization_id, {OPERATION}, provider, model, CAST(NULL AS uuid), operation, {_RESUM}
-    FROM fine GROUP BY organization_id, provider, model, operation
+    FROM fine WHERE operation IS NOT NULL GROUP BY organization_id, provider, model, operation
     UNION ALL
     SELECT organization_id, {BOTH}, provider, model, user_id, operation, {_SUMS} FROM fine
+    WHERE user_id IS NOT NULL OR operation IS NOT NULL
 ),
 parts_written AS (
     INSERT INTO usage_daily_breakdowns AS b (organization_id, day, dimensions, provider, model,

@@ -27,6 +27,7 @@ from biz2bricks_core.errors import (
 from biz2bricks_core.events import UsageEvent, decode_event, encode_event
 from biz2bricks_core.holds import TokenHold
 from biz2bricks_core.pricing import PriceBook, TokenPrice, event_cost
+from biz2bricks_core.usage_windows import UsageRow
 
 if TYPE_CHECKING:
     from biz2bricks_core.database import DatabaseManager, get_database_manager
@@ -57,6 +58,7 @@ __all__ = [
     "UnknownOrganizationError",
     "UnknownPlanError",
     "UsageEvent",
+    "UsageRow",
     "UsageService",
     "UsageServiceSettings",
     "UsageSnapshot",

@@ -9,7 +9,10 @@
   (in the index) or occurred within ``LATE_AFTER`` before it was received, hence after
   ``watermark - LATE_AFTER``: ``recent_slice`` is that part of the day, read directly.
 - ``usage_daily_breakdowns`` keeps the day's figures per provider and model and, by
-  ``dimensions``, per user (``USER``), per operation (``OPERATION``) or per both.
+  ``dimensions``, per user (``USER``), per operation (``OPERATION``) or per both. It is sparse:
+  events with none of the kept dimensions have no row; their part of a provider and model is
+  the usage_daily_summaries row less the breakdown rows (``residual_sql``), so a day of events
+  without users or operations costs the rollup no breakdown rows at all.
 
 The rollup, the query and migration 0008 compose the SQL twins, which take SQL expressions
 written in code, never input; tests/query/test_late_events.py runs both twins on the same cases.

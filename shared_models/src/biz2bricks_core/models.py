@@ -456,7 +456,7 @@ class UsageDailyBreakdownModel(Base):
     unpriced_count: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
-    __mapper_args__: ClassVar[dict[str, Any]] = {
+    __mapper_args__ = {
         "primary_key": [
             organization_id,
             day,
