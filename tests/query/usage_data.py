@@ -20,7 +20,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 
-from biz2bricks_core import DatabaseManager, UsageRow
+from biz2bricks_core import DatabaseManager, UsageEvent, UsageRow
+from tests.factories import write_events
 
 USERS = [uuid.UUID(int=0xA11CE000 + n) for n in range(5)]
 OPERATIONS = ["extract", "classify", "summarize", "chat"]
@@ -30,15 +31,15 @@ MODELS = [
     ("anthropic", "claude-sonnet-4-5"),
     ("anthropic", "claude-haiku-4-5"),
     ("google", "gemini-2.5-pro"),
-    ("google", "gemini-2.5-flash"),
+    # Not in the price catalogue: its events are unpriced (cost NULL, never $0).
+    ("acme", "acme-docs-ft-2"),
 ]
 
-INSERT = text(
-    "INSERT INTO usage_events (event_id, organization_id, user_id, occurred_at,"
-    " provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
-    " cost_usd, operation) VALUES (:event_id, :organization_id, :user_id, :occurred_at,"
-    " :provider, :model, :input_tokens, :output_tokens, :cache_read_tokens,"
-    " :cache_write_tokens, :cost_usd, :operation)"
+# Loaded back after writing: the query's truth is the rows the consumer stored.
+STORED = text(
+    "SELECT occurred_at, provider, model, user_id, operation, input_tokens, output_tokens,"
+    " cache_read_tokens, cache_write_tokens, cost_usd FROM usage_events"
+    " WHERE organization_id = :o ORDER BY occurred_at"
 )
 
 
@@ -83,22 +84,40 @@ def random_events(rng: random.Random, first: datetime, last: datetime, n: int) -
                 output_tokens=rng.randint(1, 2000),
                 cache_read_tokens=cache_read,
                 cache_write_tokens=rng.randint(0, input_tokens - cache_read),
-                cost_usd=None
-                if rng.random() < 0.08
-                else Decimal(rng.randint(1, 10**9)) / Decimal(10**12),
+                cost_usd=None,
             )
         )
     return out
 
 
 async def insert_events(db: DatabaseManager, org: uuid.UUID, events: Iterable[Event]) -> None:
-    """Insert ``events`` for ``org``, received now."""
-    rows: list[dict[str, Any]] = [
-        {"event_id": uuid.uuid4(), "organization_id": org, **e.__dict__} for e in events
+    """Write ``events`` for ``org`` through the consumer's write path (received now, priced,
+    counted in the organization's counters)."""
+    made = [
+        UsageEvent(
+            event_id=uuid.uuid4(),
+            organization_id=org,
+            occurred_at=e.occurred_at,
+            provider=e.provider,
+            model=e.model,
+            user_id=e.user_id,
+            operation=e.operation,
+            input_tokens=e.input_tokens,
+            output_tokens=e.output_tokens,
+            cache_read_tokens=e.cache_read_tokens,
+            cache_write_tokens=e.cache_write_tokens,
+        )
+        for e in events
     ]
-    if rows:
-        async with db.session() as session:
-            await session.execute(INSERT, rows)
+    for n in range(0, len(made), 500):
+        result = await write_events(db, made[n : n + 500])
+        assert result.inserted == len(made[n : n + 500]), result
+
+
+async def stored_events(db: DatabaseManager, org: uuid.UUID) -> list[Event]:
+    """The organization's events as stored (with the cost the consumer computed)."""
+    async with db.engine.connect() as conn:
+        return [Event(**row._mapping) for row in await conn.execute(STORED, {"o": org})]
 
 
 def _window(moment: datetime, window: str | None, zone: ZoneInfo) -> tuple[Any, Any]:

@@ -456,7 +456,8 @@ class UsageDailyBreakdownModel(Base):
     unpriced_count: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
-    __mapper_args__ = {
+    # SQLAlchemy declares it on the base as an instance attribute: no ClassVar here.
+    __mapper_args__ = {  # noqa: RUF012
         "primary_key": [
             organization_id,
             day,
