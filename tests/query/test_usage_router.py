@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from biz2bricks_core import DatabaseManager, UsageService
-from biz2bricks_fastapi.usage_api import row_json, rows_csv
+from biz2bricks_core.usage_export import row_json, rows_csv
 from biz2bricks_rollup.rollup import run_rollup
 from tests.factories import provisioned_org
 from tests.query.test_usage_query import three_days

@@ -20,12 +20,9 @@ Bad parameters answer 422 with FastAPI's error body, ``loc`` naming the paramete
 
 from __future__ import annotations
 
-import csv
-import io
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
-from decimal import Decimal
 from importlib import resources
 from typing import Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,23 +33,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import text
 
 from biz2bricks_core.errors import InvalidArgumentError, UnknownOrganizationError
+from biz2bricks_core.usage_export import cost_text, row_json, rows_csv
 from biz2bricks_core.usage_service import UsageService
-from biz2bricks_core.usage_windows import DIMENSIONS, UsageRow
+from biz2bricks_core.usage_windows import DIMENSIONS
 from biz2bricks_fastapi._integration import UsageDep
 
 __all__ = ["usage_router"]
 
 Dimension = Literal["provider", "model", "user_id", "operation"]
-COLUMNS: Final = (
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "total_tokens",
-    "cost_usd",
-    "unpriced_events",
-)
 ASSETS: Final = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 _LATEST_ALERTS = text(
     "SELECT id, period_start, metric, threshold_pct, used, allowance, created_at, published_at"
@@ -115,39 +103,6 @@ def _service_error(error: InvalidArgumentError) -> RequestValidationError:
     head, bracket, rest = name.partition("[")
     parameter = _PARAMETER_OF.get(head, head) + bracket + rest
     return _invalid(parameter, message)
-
-
-def _cost(value: Decimal | None) -> str | None:
-    return None if value is None else format(value.normalize(), "f")
-
-
-def row_json(row: UsageRow) -> dict[str, Any]:
-    """One row as JSON: instants in RFC 3339, cost as a decimal string (exact) or null."""
-    return {
-        "window_start": None if row.window_start is None else row.window_start.isoformat(),
-        "window_end": None if row.window_end is None else row.window_end.isoformat(),
-        "groups": row.groups,
-        **{c: getattr(row, c) for c in COLUMNS if c != "cost_usd"},
-        "cost_usd": _cost(row.cost_usd),
-    }
-
-
-def rows_csv(rows: Sequence[UsageRow], group_by: Sequence[str]) -> str:
-    """Rows as CSV, one column per group-by dimension; empty cells for null."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["window_start", "window_end", *group_by, *COLUMNS])
-    for row in rows:
-        data = row_json(row)
-        writer.writerow(
-            [
-                data["window_start"] or "",
-                data["window_end"] or "",
-                *(row.groups[d] or "" for d in group_by),
-                *("" if data[c] is None else data[c] for c in COLUMNS),
-            ]
-        )
-    return out.getvalue()
 
 
 def usage_router(*, prefix: str = "/usage", tags: Sequence[str] = ("usage",)) -> APIRouter:
@@ -260,7 +215,7 @@ async def _summary(usage: UsageService, org_id: uuid.UUID) -> dict[str, Any]:
         "token_limit": snapshot.token_limit,
         "credits_remaining": snapshot.credits_remaining,
         "grants_consumed_period": snapshot.grants_consumed_period,
-        "cost_usd_period": _cost(snapshot.cost_usd_period),
+        "cost_usd_period": cost_text(snapshot.cost_usd_period),
         "unpriced_events_period": snapshot.unpriced_events_period,
         "storage_used_bytes": snapshot.storage_used_bytes,
         "storage_limit_bytes": snapshot.storage_limit_bytes,

@@ -26,6 +26,7 @@ from biz2bricks_rollup.reconcile import find_drift, repair, reserved_only
 from biz2bricks_rollup.reprice import reprice
 from biz2bricks_rollup.rollup import DayResult, RollupBusyError, days_between, run_rollup
 from biz2bricks_rollup.server import RollupServer, ServeSettings
+from biz2bricks_rollup.usage_report import add_usage_parser, usage_report
 
 log = logging.getLogger("biz2bricks_rollup")
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--dry-run", action="store_true", help="print the differences, change nothing"
     )
+    add_usage_parser(commands)
     serve = commands.add_parser("serve", help="HTTP trigger for Cloud Scheduler (POST /)")
     serve.add_argument("--port", type=int, help="default $PORT or 8080")
     return parser
@@ -122,6 +124,9 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
             return EXIT_DRIFT if drifts or holds_drifted else EXIT_OK
         if args.command == "reprice":
             return await _reprice(db, args)
+        if args.command == "usage":
+            sys.stdout.write(await usage_report(db, args))
+            return EXIT_OK
         return await _serve(db, args)
     except RollupBusyError as error:
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)
