@@ -39,7 +39,7 @@ GENERATE = text(
     " 500 + i % 1500, 50 + i % 400, i % 300, i % 50,"
     " CASE WHEN (i * 13) % 8 = 7 THEN NULL ELSE (500 + i % 1500) * 0.0000025 END,"
     " 'operation-' || ((i * 31) % 10)"
-    " FROM generate_series(0, :n - 1) AS i,"
+    " FROM generate_series(CAST(0 AS bigint), :n - 1) AS i,"
     " LATERAL (SELECT CAST(:start AS timestamptz) + (CAST(:span AS interval) * i / :n)) AS s(t)"
 )
 RAW = {
