@@ -1,8 +1,8 @@
 """Usage by user and operation: usage_daily_breakdowns, late arrivals indexed, for query_usage.
 
-- usage_daily_breakdowns: per organization, UTC day, provider, model and user and/or operation
-  (``dimensions``: 1 user, 2 operation, 3 both), written by the rollup in the same statement
-  as usage_daily_summaries. Keyed by a unique index with NULLS NOT DISTINCT (an event may have
+- usage_daily_breakdowns: per organization and UTC day, per user (``dimensions`` 1), per
+  operation (2), or per provider, model, user and operation (7), written by the rollup in the
+  same statement as usage_daily_summaries. Keyed by a unique index with NULLS NOT DISTINCT (an event may have
   no user or operation), so the rollup's upsert stays idempotent.
 - usage_rollup_days.breakdowns: whether the day's last run wrote its breakdowns. Days rolled
   up before this revision have false: the query reads their events for a breakdown until a
@@ -38,8 +38,8 @@ def upgrade() -> None:
         sa.Column("organization_id", sa.Uuid(), nullable=False),
         sa.Column("day", sa.Date(), nullable=False),
         sa.Column("dimensions", sa.SmallInteger(), nullable=False),
-        sa.Column("provider", sa.String(length=100), nullable=False),
-        sa.Column("model", sa.String(length=100), nullable=False),
+        sa.Column("provider", sa.String(length=100), nullable=True),
+        sa.Column("model", sa.String(length=100), nullable=True),
         sa.Column("user_id", sa.Uuid(), nullable=True),
         sa.Column("operation", sa.String(length=200), nullable=True),
         sa.Column("request_count", sa.BigInteger(), nullable=False),
@@ -56,7 +56,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.CheckConstraint(
-            "dimensions IN (1, 2, 3)", name=op.f("ck_usage_daily_breakdowns_dimensions_known")
+            "dimensions IN (1, 2, 7)", name=op.f("ck_usage_daily_breakdowns_dimensions_known")
         ),
     )
     op.create_index(

@@ -5,8 +5,9 @@ DO UPDATE (rows whose figures did not change are not rewritten), and summary row
 has no events any more are deleted, in the same statement and transaction. The statement reads
 the day's events once, grouped by provider, model, user and operation, and writes from that
 both usage_daily_summaries (provider, model) and usage_daily_breakdowns (per user, per
-operation, per both; biz2bricks_core.late_events). ``usage_rollup_days``
-remembers each day's last run; events received after it make the day due again.
+operation, per provider, model, user and operation; biz2bricks_core.late_events).
+``usage_rollup_days`` remembers each day's last run; events received after it make the day due
+again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from biz2bricks_core.counting import unpriced_count_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import Biz2BricksError
-from biz2bricks_core.late_events import BOTH, OPERATION, USER
+from biz2bricks_core.late_events import FULL, OPERATION, USER
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,14 @@ removed AS (
 parts AS (
     -- Sparse: no row for events without any of the kept dimensions; the query derives that
     -- part as the summary row less the breakdown rows (biz2bricks_core.late_events).
-    SELECT organization_id, {USER} AS dimensions, provider, model, user_id,
-        CAST(NULL AS varchar) AS operation, {_RESUM}
-    FROM fine WHERE user_id IS NOT NULL GROUP BY organization_id, provider, model, user_id
+    SELECT organization_id, {USER} AS dimensions, CAST(NULL AS varchar) AS provider,
+        CAST(NULL AS varchar) AS model, user_id, CAST(NULL AS varchar) AS operation, {_RESUM}
+    FROM fine WHERE user_id IS NOT NULL GROUP BY organization_id, user_id
     UNION ALL
-    SELECT organization_id, {OPERATION}, provider, model, CAST(NULL AS uuid), operation, {_RESUM}
-    FROM fine WHERE operation IS NOT NULL GROUP BY organization_id, provider, model, operation
+    SELECT organization_id, {OPERATION}, NULL, NULL, CAST(NULL AS uuid), operation, {_RESUM}
+    FROM fine WHERE operation IS NOT NULL GROUP BY organization_id, operation
     UNION ALL
-    SELECT organization_id, {BOTH}, provider, model, user_id, operation, {_SUMS} FROM fine
+    SELECT organization_id, {FULL}, provider, model, user_id, operation, {_SUMS} FROM fine
     WHERE user_id IS NOT NULL OR operation IS NOT NULL
 ),
 parts_written AS (
@@ -129,7 +130,10 @@ parts_removed AS (
     DELETE FROM usage_daily_breakdowns b
     WHERE b.day = :day AND NOT EXISTS (
         SELECT 1 FROM parts p WHERE p.organization_id = b.organization_id
-            AND p.dimensions = b.dimensions AND p.provider = b.provider AND p.model = b.model
+            AND p.dimensions = b.dimensions
+            -- provider and model are NULL exactly in the rows of USER and OPERATION
+            AND coalesce(p.provider, '') = coalesce(b.provider, '')
+            AND coalesce(p.model, '') = coalesce(b.model, '')
             AND coalesce(p.user_id, {_NULL_UUID}) = coalesce(b.user_id, {_NULL_UUID})
             AND (p.user_id IS NULL) = (b.user_id IS NULL)
             AND coalesce(p.operation, '') = coalesce(b.operation, '')

@@ -8,11 +8,12 @@
   ``watermark`` (biz2bricks_rollup.rollup). An event received after it is either a late arrival
   (in the index) or occurred within ``LATE_AFTER`` before it was received, hence after
   ``watermark - LATE_AFTER``: ``recent_slice`` is that part of the day, read directly.
-- ``usage_daily_breakdowns`` keeps the day's figures per provider and model and, by
-  ``dimensions``, per user (``USER``), per operation (``OPERATION``) or per both. It is sparse:
-  events with none of the kept dimensions have no row; their part of a provider and model is
-  the usage_daily_summaries row less the breakdown rows (``residual_sql``), so a day of events
-  without users or operations costs the rollup no breakdown rows at all.
+- ``usage_daily_breakdowns`` keeps the day's figures, by ``dimensions``, per user (``USER``),
+  per operation (``OPERATION``), or per provider, model, user and operation (``FULL``); the
+  dashboard's top users and operations read the small first two. It is sparse: events with
+  none of the kept user and operation have no row; their part is the usage_daily_summaries
+  rows less the breakdown rows (computed by the query), so a day of events without users or
+  operations costs the rollup no breakdown rows at all.
 
 The rollup, the query and migration 0008 compose the SQL twins, which take SQL expressions
 written in code, never input; tests/query/test_late_events.py runs both twins on the same cases.
@@ -24,7 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
 __all__ = [
-    "BOTH",
+    "FULL",
     "LATE_AFTER",
     "OPERATION",
     "USER",
@@ -43,7 +44,7 @@ _LATE_AFTER_SQL: Final = "interval '10 minutes'"
 # usage_daily_breakdowns.dimensions: which dimensions beyond provider and model a row keeps.
 USER: Final = 1
 OPERATION: Final = 2
-BOTH: Final = USER | OPERATION
+FULL: Final = 7  # provider and model (4), user, operation
 
 
 def is_late_arrival(received_at: datetime, occurred_at: datetime) -> bool:
@@ -69,10 +70,13 @@ def breakdown_for(dimensions: set[str]) -> int | None:
     """Which summary answers a query needing ``dimensions`` (grouped or filtered on):
     None for usage_daily_summaries (provider and model only), else a ``dimensions`` value of
     usage_daily_breakdowns."""
-    kept = (USER if "user_id" in dimensions else 0) | (
-        OPERATION if "operation" in dimensions else 0
-    )
-    return kept or None
+    if dimensions <= {"provider", "model"}:
+        return None
+    if dimensions == {"user_id"}:
+        return USER
+    if dimensions == {"operation"}:
+        return OPERATION
+    return FULL
 
 
 def utc_day_of(moment: datetime) -> date:

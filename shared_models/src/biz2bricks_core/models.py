@@ -412,11 +412,11 @@ class UsageRollupDayModel(Base):
 
 
 class UsageDailyBreakdownModel(Base):
-    """Per organization, UTC day, provider and model, and per user and/or operation (by
-    ``dimensions``, biz2bricks_core.late_events): what the day's events add up to.
+    """Per organization and UTC day, by ``dimensions`` (biz2bricks_core.late_events): per user,
+    per operation, or per provider, model, user and operation: what the day's events add up to.
 
-    Written by the rollup in the statement that writes usage_daily_summaries. user_id and
-    operation are NULL where an event had none or the row does not keep that dimension, so the
+    Written by the rollup in the statement that writes usage_daily_summaries. A dimension's
+    column is NULL where an event had none or the row does not keep that dimension, so the
     key is a unique index with NULLS NOT DISTINCT rather than a primary key. No foreign key, as
     on usage_events: every row derives from events.
     """
@@ -436,14 +436,14 @@ class UsageDailyBreakdownModel(Base):
             unique=True,
             postgresql_nulls_not_distinct=True,
         ),
-        CheckConstraint("dimensions IN (1, 2, 3)", name="dimensions_known"),
+        CheckConstraint("dimensions IN (1, 2, 7)", name="dimensions_known"),
     )
 
     organization_id: Mapped[uuid.UUID] = mapped_column()
     day: Mapped[date] = mapped_column(Date)
     dimensions: Mapped[int] = mapped_column(SmallInteger)
-    provider: Mapped[str] = mapped_column(String(100))
-    model: Mapped[str] = mapped_column(String(100))
+    provider: Mapped[str | None] = mapped_column(String(100))
+    model: Mapped[str | None] = mapped_column(String(100))
     user_id: Mapped[uuid.UUID | None] = mapped_column()
     operation: Mapped[str | None] = mapped_column(String(200))
     request_count: Mapped[int] = mapped_column(BigInteger)

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from biz2bricks_core.counting import event_tokens, unpriced_count_sql
 from biz2bricks_core.database import DatabaseManager
-from biz2bricks_core.late_events import breakdown_for, late_arrival_sql, recent_slice
+from biz2bricks_core.late_events import FULL, breakdown_for, late_arrival_sql, recent_slice
 from biz2bricks_core.usage_windows import (
     QuerySpec,
     UsageRow,
@@ -134,9 +134,10 @@ _FIGURES: Final = (
 
 
 def _breakdown_source(kept: int) -> str:
-    """The breakdown rows keeping ``kept`` dimensions, plus per provider and model the part of
-    the events with none of them: the summary row less the breakdown rows (the rollup writes
-    no breakdown row for it; biz2bricks_core.late_events)."""
+    """The breakdown rows keeping ``kept`` dimensions, plus the part of the events without
+    the kept user or operation (the rollup writes no breakdown row for it;
+    biz2bricks_core.late_events): the summary rows less the breakdown rows, per provider and
+    model for FULL, per day otherwise."""
     figures = ", ".join(_FIGURES)
     summed = ", ".join(f"sum({f}) AS {f}" for f in _FIGURES)
     residual = ", ".join(f"s.{f} - coalesce(b.{f}, 0) AS {f}" for f in _FIGURES)
@@ -144,14 +145,24 @@ def _breakdown_source(kept: int) -> str:
         "FROM usage_daily_breakdowns WHERE organization_id = :org"
         f" AND day = ANY(CAST(:days AS date[])) AND dimensions = {kept}"
     )
+    summaries = (
+        "FROM usage_daily_summaries WHERE organization_id = :org"
+        " AND day = ANY(CAST(:days AS date[]))"
+    )
+    if kept == FULL:
+        keys, on = "day, provider, model", "b.provider = s.provider AND b.model = s.model AND "
+        per = f"(SELECT organization_id, {keys}, {figures} {summaries})"
+        parts = "s.provider, s.model"
+    else:
+        keys, on = "day", ""
+        per = f"(SELECT organization_id, day, {summed} {summaries} GROUP BY 1, 2)"
+        parts = "CAST(NULL AS varchar), CAST(NULL AS varchar)"
     return (
         f"SELECT organization_id, day, provider, model, user_id, operation, {figures} {rows}"
-        " UNION ALL SELECT s.organization_id, s.day, s.provider, s.model, CAST(NULL AS uuid),"
-        f" CAST(NULL AS varchar), {residual} FROM usage_daily_summaries s"
-        f" LEFT JOIN (SELECT day, provider, model, {summed} {rows} GROUP BY 1, 2, 3) AS b"
-        " ON b.day = s.day AND b.provider = s.provider AND b.model = s.model"
-        " WHERE s.organization_id = :org AND s.day = ANY(CAST(:days AS date[]))"
-        " AND s.request_count > coalesce(b.request_count, 0)"
+        f" UNION ALL SELECT s.organization_id, s.day, {parts}, CAST(NULL AS uuid),"
+        f" CAST(NULL AS varchar), {residual} FROM {per} AS s"
+        f" LEFT JOIN (SELECT {keys}, {summed} {rows} GROUP BY {keys}) AS b"
+        f" ON {on}b.day = s.day WHERE s.request_count > coalesce(b.request_count, 0)"
     )
 
 
