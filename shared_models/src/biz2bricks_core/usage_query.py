@@ -133,6 +133,10 @@ _FIGURES: Final = (
 )
 
 
+# The summarised days: a range (the common case: contiguous days) checked first, cheaply.
+_DAYS: Final = "day BETWEEN :first_day AND :last_day AND day = ANY(CAST(:days AS date[]))"
+
+
 def _breakdown_source(kept: int) -> str:
     """The breakdown rows keeping ``kept`` dimensions, plus the part of the events without
     the kept user or operation (the rollup writes no breakdown row for it;
@@ -142,13 +146,10 @@ def _breakdown_source(kept: int) -> str:
     summed = ", ".join(f"sum({f}) AS {f}" for f in _FIGURES)
     residual = ", ".join(f"s.{f} - coalesce(b.{f}, 0) AS {f}" for f in _FIGURES)
     rows = (
-        "FROM usage_daily_breakdowns WHERE organization_id = :org"
-        f" AND day = ANY(CAST(:days AS date[])) AND dimensions = {kept}"
+        f"FROM usage_daily_breakdowns WHERE organization_id = :org AND {_DAYS}"
+        f" AND dimensions = {kept}"
     )
-    summaries = (
-        "FROM usage_daily_summaries WHERE organization_id = :org"
-        " AND day = ANY(CAST(:days AS date[]))"
-    )
+    summaries = f"FROM usage_daily_summaries WHERE organization_id = :org AND {_DAYS}"
     if kept == FULL:
         keys, on = "day, provider, model", "b.provider = s.provider AND b.model = s.model AND "
         per = f"(SELECT organization_id, {keys}, {figures} {summaries})"
@@ -193,6 +194,7 @@ def _statement(
     if days:
         kept = breakdown_for(spec.dimensions)
         source = "usage_daily_summaries" if kept is None else f"({_breakdown_source(kept)})"
+        where = f"organization_id = :org AND {_DAYS}" if kept is None else "true"
         bucket = (
             "width_bucket(timezone('UTC', CAST(day AS timestamp)), CAST(:bounds AS timestamptz[]))"
             if windowed
@@ -201,10 +203,9 @@ def _statement(
         parts.append(
             f"SELECT {bucket} AS bucket{picked}, request_count AS requests, input_tokens,"
             " output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,"
-            f" unpriced_count AS unpriced FROM {source} AS src"
-            " WHERE organization_id = :org AND day = ANY(CAST(:days AS date[]))" + filters
+            f" unpriced_count AS unpriced FROM {source} AS src WHERE {where}{filters}"
         )
-        params["days"] = days
+        params.update(days=days, first_day=min(days), last_day=max(days))
     if intervals:
         bucket = "width_bucket(occurred_at, CAST(:bounds AS timestamptz[]))" if windowed else "1"
         parts.append(
