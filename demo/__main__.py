@@ -29,6 +29,7 @@ from biz2bricks_consumer import ConsumerSettings, Worker, ensure_topic_and_subsc
 from biz2bricks_core import DatabaseConfig, DatabaseManager, UsageService
 from biz2bricks_producer import ProducerSettings, UsageProducer
 from biz2bricks_rollup import find_drift, run_rollup
+from demo._dashboard import serve_dashboard
 from demo._report import Progress, table
 from demo._services import ServiceUnavailableError, start_services
 
@@ -292,7 +293,7 @@ async def report(
     return all(ok for _, ok in checks)
 
 
-async def pipeline(url: str, n_events: int, n_orgs: int, spool: Path) -> bool:
+async def pipeline(url: str, n_events: int, n_orgs: int, spool: Path) -> tuple[bool, uuid.UUID]:
     db = DatabaseManager(DatabaseConfig(database_url=url))
     suffix = uuid.uuid4().hex[:8]
     settings = ConsumerSettings(
@@ -318,7 +319,7 @@ async def pipeline(url: str, n_events: int, n_orgs: int, spool: Path) -> bool:
     await run_rollup(db, [today - timedelta(days=1), today], wait=True)
     print(f"pipeline ran in {time.perf_counter() - started:.1f}s")
     try:
-        return await report(db, orgs, names, traffic, worker)
+        return await report(db, orgs, names, traffic, worker), orgs[0]
     finally:
         await db.dispose()
 
@@ -327,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo", description=__doc__)
     parser.add_argument("--events", type=int, default=5000, help="events to record (>= 50)")
     parser.add_argument("--orgs", type=int, default=4, help="organizations (>= 2)")
+    parser.add_argument(
+        "--serve", action="store_true", help="then serve the usage dashboard until Enter"
+    )
+    parser.add_argument("--port", type=int, help="the dashboard's port (default: a free one)")
     args = parser.parse_args(argv)
     if args.events < 50 or args.orgs < 2:
         parser.error("--events must be >= 50 and --orgs >= 2")
@@ -338,8 +343,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo: {error}", file=sys.stderr)
             return 2
         spool = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        ok = asyncio.run(pipeline(url, args.events, args.orgs, spool))
-    print("\nall checks held" if ok else "\nSOME CHECKS FAILED")
+        ok, org = asyncio.run(pipeline(url, args.events, args.orgs, spool))
+        print("\nall checks held" if ok else "\nSOME CHECKS FAILED")
+        if args.serve:
+            serve_dashboard(url, org, args.port)
+        else:
+            print(
+                f"usage dashboard of org1: /usage/{org}/dashboard"
+                " (python -m demo --serve serves it while the demo's services run)"
+            )
     return 0 if ok else 1
 
 

@@ -6,6 +6,7 @@
 
     app = FastAPI(lifespan=usage_lifespan())
     install_error_handlers(app)
+    app.include_router(usage_router(), dependencies=[Depends(your_auth)])
 
 It depends on biz2bricks-core (limit checks) and biz2bricks-producer (recording); neither of
 them imports it.
@@ -27,6 +28,7 @@ from biz2bricks_fastapi._integration import (
     require_allowed,
     usage_lifespan,
 )
+from biz2bricks_fastapi.usage_api import usage_router
 
 __all__ = [
     "DatabaseDep",
@@ -43,4 +45,5 @@ __all__ = [
     "install_error_handlers",
     "require_allowed",
     "usage_lifespan",
+    "usage_router",
 ]

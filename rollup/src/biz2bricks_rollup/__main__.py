@@ -29,6 +29,7 @@ from biz2bricks_rollup.reconcile import find_drift, repair, reserved_only
 from biz2bricks_rollup.reprice import reprice
 from biz2bricks_rollup.rollup import DayResult, RollupBusyError, days_between, run_rollup
 from biz2bricks_rollup.server import RollupServer, ServeSettings
+from biz2bricks_rollup.usage_report import add_usage_parser, usage_report
 
 log = logging.getLogger("biz2bricks_rollup")
 
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     keep.add_argument("--dry-run", action="store_true", help="print the months, change nothing")
     books.add_commands(commands)
     accounts.add_commands(commands)
+    add_usage_parser(commands)
     serve = commands.add_parser("serve", help="HTTP trigger for Cloud Scheduler (POST /)")
     serve.add_argument("--port", type=int, help="default $PORT or 8080")
     return parser
@@ -132,6 +134,9 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
             return await accounts.run_provision(db, args)
         if args.command == "grant":
             return await accounts.run_grant(db, args)
+        if args.command == "usage":
+            sys.stdout.write(await usage_report(db, args))
+            return EXIT_OK
         return await _serve(db, args)
     except RollupBusyError as error:
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)

@@ -2,8 +2,12 @@
 
 A day's rows are rebuilt from ``usage_events`` with INSERT .. SELECT .. GROUP BY .. ON CONFLICT
 DO UPDATE (rows whose figures did not change are not rewritten), and summary rows whose group
-has no events any more are deleted, in the same statement and transaction. ``usage_rollup_days``
-remembers each day's last run; events received after it make the day due again.
+has no events any more are deleted, in the same statement and transaction. The statement reads
+the day's events once, grouped by provider, model, user and operation, and writes from that
+both usage_daily_summaries (provider, model) and usage_daily_breakdowns (per user, per
+operation, per provider, model, user and operation; biz2bricks_core.late_events).
+``usage_rollup_days`` remembers each day's last run; events received after it make the day due
+again.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from biz2bricks_core.counting import unpriced_count_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import Biz2BricksError
+from biz2bricks_core.late_events import FULL, OPERATION, USER
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +36,38 @@ LOCK_KEY = 0x62327262_726F6C6C  # "b2rb" "roll": the rollup's advisory lock
 # before the run's start; a day stays due for events received up to this long before its run.
 LATE_MARGIN = timedelta(minutes=5)
 
+_SUMS = (
+    "request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
+    " cost_usd, unpriced_count"
+)
+# Sums of a finer grain's rows (sum of bigint is numeric: back to bigint).
+_RESUM = (
+    "CAST(sum(request_count) AS bigint) AS request_count,"
+    " CAST(sum(input_tokens) AS bigint) AS input_tokens,"
+    " CAST(sum(output_tokens) AS bigint) AS output_tokens,"
+    " CAST(sum(cache_read_tokens) AS bigint) AS cache_read_tokens,"
+    " CAST(sum(cache_write_tokens) AS bigint) AS cache_write_tokens,"
+    " sum(cost_usd) AS cost_usd, CAST(sum(unpriced_count) AS bigint) AS unpriced_count"
+)
+# A key column that may be NULL, compared with = so that the anti-join can hash.
+_NULL_UUID = "CAST('00000000-0000-0000-0000-000000000000' AS uuid)"
+
 ROLLUP_DAY = text(
     f"""
-WITH agg AS (
-    SELECT organization_id, provider, model, count(*) AS request_count,
+WITH fine AS (
+    -- One scan of the day's events at the finest grain; every summary row derives from it.
+    SELECT organization_id, provider, model, user_id, operation, count(*) AS request_count,
         sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
         sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
         -- The cost of the priced events; unpriced_count says how many it leaves out.
         coalesce(sum(cost_usd), 0) AS cost_usd, {unpriced_count_sql("cost_usd")} AS unpriced_count
     FROM usage_events
     WHERE occurred_at >= :start AND occurred_at < :end AND voided_at IS NULL
-    GROUP BY organization_id, provider, model
+    GROUP BY organization_id, provider, model, user_id, operation
+),
+agg AS (
+    SELECT organization_id, provider, model, {_RESUM}
+    FROM fine GROUP BY organization_id, provider, model
 ),
 written AS (
     INSERT INTO usage_daily_summaries AS s (organization_id, day, provider, model,
@@ -68,17 +94,65 @@ removed AS (
         SELECT 1 FROM agg a WHERE a.organization_id = s.organization_id
             AND a.provider = s.provider AND a.model = s.model)
     RETURNING 1
+),
+parts AS (
+    -- Sparse: no row for events without any of the kept dimensions; the query derives that
+    -- part as the summary row less the breakdown rows (biz2bricks_core.late_events).
+    SELECT organization_id, {USER} AS dimensions, CAST(NULL AS varchar) AS provider,
+        CAST(NULL AS varchar) AS model, user_id, CAST(NULL AS varchar) AS operation, {_RESUM}
+    FROM fine WHERE user_id IS NOT NULL GROUP BY organization_id, user_id
+    UNION ALL
+    SELECT organization_id, {OPERATION}, NULL, NULL, CAST(NULL AS uuid), operation, {_RESUM}
+    FROM fine WHERE operation IS NOT NULL GROUP BY organization_id, operation
+    UNION ALL
+    SELECT organization_id, {FULL}, provider, model, user_id, operation, {_SUMS} FROM fine
+    WHERE user_id IS NOT NULL OR operation IS NOT NULL
+),
+parts_written AS (
+    INSERT INTO usage_daily_breakdowns AS b (organization_id, day, dimensions, provider, model,
+        user_id, operation, {_SUMS}, updated_at)
+    SELECT organization_id, :day, dimensions, provider, model, user_id, operation, {_SUMS}, now()
+    FROM parts
+    ON CONFLICT (organization_id, day, dimensions, provider, model, user_id, operation)
+    DO UPDATE SET
+        request_count = excluded.request_count, input_tokens = excluded.input_tokens,
+        output_tokens = excluded.output_tokens, cache_read_tokens = excluded.cache_read_tokens,
+        cache_write_tokens = excluded.cache_write_tokens, cost_usd = excluded.cost_usd,
+        unpriced_count = excluded.unpriced_count, updated_at = now()
+    WHERE (b.request_count, b.input_tokens, b.output_tokens, b.cache_read_tokens,
+           b.cache_write_tokens, b.cost_usd, b.unpriced_count)
+        IS DISTINCT FROM (excluded.request_count, excluded.input_tokens, excluded.output_tokens,
+           excluded.cache_read_tokens, excluded.cache_write_tokens, excluded.cost_usd,
+           excluded.unpriced_count)
+    RETURNING 1
+),
+parts_removed AS (
+    DELETE FROM usage_daily_breakdowns b
+    WHERE b.day = :day AND NOT EXISTS (
+        SELECT 1 FROM parts p WHERE p.organization_id = b.organization_id
+            AND p.dimensions = b.dimensions
+            -- provider and model are NULL exactly in the rows of USER and OPERATION
+            AND coalesce(p.provider, '') = coalesce(b.provider, '')
+            AND coalesce(p.model, '') = coalesce(b.model, '')
+            AND coalesce(p.user_id, {_NULL_UUID}) = coalesce(b.user_id, {_NULL_UUID})
+            AND (p.user_id IS NULL) = (b.user_id IS NULL)
+            AND coalesce(p.operation, '') = coalesce(b.operation, '')
+            AND (p.operation IS NULL) = (b.operation IS NULL))
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM agg) AS groups, (SELECT count(*) FROM written) AS written,
-    (SELECT count(*) FROM removed) AS removed
+    (SELECT count(*) FROM removed) AS removed,
+    (SELECT count(*) FROM parts_written) AS breakdowns_written,
+    (SELECT count(*) FROM parts_removed) AS breakdowns_removed
 """
 )
 
 MARK_DAY = text(
-    "INSERT INTO usage_rollup_days (day, rolled_up_at, watermark, rows_written)"
-    " VALUES (:day, now(), now() - make_interval(secs => :margin_s), :rows)"
+    "INSERT INTO usage_rollup_days (day, rolled_up_at, watermark, rows_written, breakdowns)"
+    " VALUES (:day, now(), now() - make_interval(secs => :margin_s), :rows, true)"
     " ON CONFLICT (day) DO UPDATE SET rolled_up_at = excluded.rolled_up_at,"
-    " watermark = excluded.watermark, rows_written = excluded.rows_written"
+    " watermark = excluded.watermark, rows_written = excluded.rows_written,"
+    " breakdowns = true"
 )
 
 DUE_DAYS = text(
@@ -117,6 +191,9 @@ class DayResult:
     written: int
     removed: int
     seconds: float
+    # The same for usage_daily_breakdowns (written and removed counts summaries only).
+    breakdowns_written: int = 0
+    breakdowns_removed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -170,7 +247,15 @@ async def rollup_day(conn: AsyncConnection, day: date) -> DayResult:
         await conn.execute(
             MARK_DAY, {"day": day, "margin_s": LATE_MARGIN.total_seconds(), "rows": row.groups}
         )
-    return DayResult(day, row.groups, row.written, row.removed, time.perf_counter() - started)
+    return DayResult(
+        day,
+        row.groups,
+        row.written,
+        row.removed,
+        time.perf_counter() - started,
+        row.breakdowns_written,
+        row.breakdowns_removed,
+    )
 
 
 async def due_days(conn: AsyncConnection) -> list[date]:

@@ -29,6 +29,7 @@ from biz2bricks_core.event_ids import new_event_id
 from biz2bricks_core.events import UsageEvent, decode_event, encode_event
 from biz2bricks_core.holds import TokenHold
 from biz2bricks_core.pricing import PriceBook, TokenPrice, event_cost
+from biz2bricks_core.usage_windows import UsageRow
 
 if TYPE_CHECKING:
     from biz2bricks_core.corrections import VoidResult
@@ -63,6 +64,7 @@ __all__ = [
     "UnknownOrganizationError",
     "UnknownPlanError",
     "UsageEvent",
+    "UsageRow",
     "UsageService",
     "UsageServiceSettings",
     "UsageSnapshot",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from pydantic import Field
@@ -37,11 +38,14 @@ from biz2bricks_core.holds import (
     TokenHold,
     hold_from_row,
 )
+from biz2bricks_core.usage_query import query_usage
+from biz2bricks_core.usage_windows import UsageRow, query_spec
 
 __all__ = [
     "DATABASE_DOWN_ERRORS",
     "LimitDecision",
     "TokenHold",
+    "UsageRow",
     "UsageService",
     "UsageServiceSettings",
     "UsageSnapshot",
@@ -257,6 +261,26 @@ class UsageService(GrantMethods, CorrectionMethods):
             counters_updated_at=m["counters_updated_at"],
             unpriced_events_period=m["unpriced"],
         )
+
+    async def query_usage(
+        self,
+        organization_id: uuid.UUID | str,
+        *,
+        start: datetime,
+        end: datetime,
+        window: str | None = None,
+        group_by: Sequence[str] = (),
+        filters: Mapping[str, Sequence[str | uuid.UUID | None]] | None = None,
+        time_zone: str = "UTC",
+    ) -> list[UsageRow]:
+        """The organization's usage in ``[start, end)`` by ``window`` ("hour", "day", "month"
+        in the IANA ``time_zone``; None: one row per group) and ``group_by`` dimensions
+        (provider, model, user_id, operation), keeping events whose dimensions are in
+        ``filters``. Exact: equal to a GROUP BY over the events, read from the rollup's
+        summaries where they hold every event (biz2bricks_core.usage_query)."""
+        org = as_org_id(organization_id)
+        spec = query_spec(start, end, window, group_by, filters, time_zone)
+        return await query_usage(self.db, org, spec)
 
 
 def _no() -> datetime:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -26,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from biz2bricks_core.late_events import late_arrival_sql
 from biz2bricks_core.models._base import Base, Money, _created_at, _org_fk
 
 USAGE_LIMITS_FILLFACTOR = 50
@@ -92,6 +94,14 @@ class UsageEventModel(Base):
         Index("ix_usage_events_occurred_brin", "occurred_at", postgresql_using="brin"),
         # Few rows: what `biz2bricks-rollup reprice --unpriced` looks for.
         Index("ix_usage_events_unpriced", "occurred_at", postgresql_where=text("cost_usd IS NULL")),
+        # Few rows: the late arrivals (biz2bricks_core.late_events), which the usage query
+        # checks against each summarised day's watermark without reading the day's events.
+        Index(
+            "ix_usage_events_late",
+            "organization_id",
+            "occurred_at",
+            postgresql_where=text(late_arrival_sql("received_at", "occurred_at")),
+        ),
         {"postgresql_partition_by": "RANGE (id_month)"},
     )
 
@@ -178,6 +188,67 @@ class UsageRollupDayModel(Base):
     # The newest received_at included by that run: events received after it are late arrivals.
     watermark: Mapped[datetime]
     rows_written: Mapped[int] = mapped_column(Integer)
+    # The run also wrote the day's usage_daily_breakdowns (runs before migration 0010 did not).
+    breakdowns: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+
+class UsageDailyBreakdownModel(Base):
+    """Per organization and UTC day, by ``dimensions`` (biz2bricks_core.late_events): per user,
+    per operation, or per provider, model, user and operation: what the day's events add up to.
+
+    Written by the rollup in the statement that writes usage_daily_summaries. A dimension's
+    column is NULL where an event had none or the row does not keep that dimension, so the
+    key is a unique index with NULLS NOT DISTINCT rather than a primary key. No foreign key, as
+    on usage_events: every row derives from events.
+    """
+
+    __tablename__ = "usage_daily_breakdowns"
+    # The mapper needs a primary key: the unique index's columns (the table has none).
+    __table_args__ = (
+        Index(
+            "uq_usage_daily_breakdowns_key",
+            "organization_id",
+            "day",
+            "dimensions",
+            "provider",
+            "model",
+            "user_id",
+            "operation",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+        ),
+        CheckConstraint("dimensions IN (1, 2, 7)", name="dimensions_known"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column()
+    day: Mapped[date] = mapped_column(Date)
+    dimensions: Mapped[int] = mapped_column(SmallInteger)
+    provider: Mapped[str | None] = mapped_column(String(100))
+    model: Mapped[str | None] = mapped_column(String(100))
+    user_id: Mapped[uuid.UUID | None] = mapped_column()
+    operation: Mapped[str | None] = mapped_column(String(200))
+    request_count: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    # Sum over the priced events; unpriced_count says how many events it leaves out.
+    cost_usd: Mapped[Decimal] = mapped_column(Money)
+    unpriced_count: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    # SQLAlchemy declares it on the base as an instance attribute: no ClassVar here.
+    __mapper_args__ = {  # noqa: RUF012
+        "primary_key": [
+            organization_id,
+            day,
+            dimensions,
+            provider,
+            model,
+            user_id,
+            operation,
+        ]
+    }
 
 
 class TokenHoldModel(Base):
