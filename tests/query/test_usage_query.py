@@ -246,3 +246,39 @@ async def test_a_bad_argument_raises_naming_it(
         InvalidArgumentError, match=rf"^{named.replace('[', '.').replace(']', '.')}"
     ):
         await UsageService(db).query_usage(uuid.uuid4(), **args)
+
+
+async def test_a_void_after_a_days_rollup_is_reflected_at_once(db: DatabaseManager) -> None:
+    # Given yesterday rolled up and trusted
+    usage = UsageService(db)
+    org = await provisioned_org(db)
+    yesterday = datetime.combine(datetime.now(UTC).date(), time.min, tzinfo=UTC) - timedelta(days=1)
+    events = random_events(random.Random(5), yesterday, yesterday + timedelta(hours=20), 20)
+    await insert_events(db, org, events)
+    await run_rollup(db, [yesterday.date()], wait=True)
+    await settle_watermarks(db)
+    async with db.engine.connect() as conn:
+        assert await trusted_days(conn, org, [yesterday.date()], breakdowns=False) == [
+            yesterday.date()
+        ]
+    stored = await stored_events(db, org)
+    async with db.engine.connect() as conn:
+        victims = list(
+            (
+                await conn.execute(
+                    text("SELECT event_id FROM usage_events WHERE organization_id = :o LIMIT 5"),
+                    {"o": org},
+                )
+            ).scalars()
+        )
+    # When five of its events are voided (no rollup run since)
+    await usage.void_events(org, event_ids=victims, reason="test traffic")
+    # Then the day is read from its events, without the voided ones
+    async with db.engine.connect() as conn:
+        assert await trusted_days(conn, org, [yesterday.date()], breakdowns=False) == []
+    rows = await usage.query_usage(org, start=yesterday, end=yesterday + timedelta(days=1))
+    assert [r.requests for r in rows] == [len(stored) - 5]
+    # And after the next rollup run the summaries agree again
+    await run_rollup(db, None, wait=True)
+    rows = await usage.query_usage(org, start=yesterday, end=yesterday + timedelta(days=1))
+    assert [r.requests for r in rows] == [len(stored) - 5]

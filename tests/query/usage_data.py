@@ -39,7 +39,7 @@ MODELS = [
 STORED = text(
     "SELECT occurred_at, provider, model, user_id, operation, input_tokens, output_tokens,"
     " cache_read_tokens, cache_write_tokens, cost_usd FROM usage_events"
-    " WHERE organization_id = :o ORDER BY occurred_at"
+    " WHERE organization_id = :o AND voided_at IS NULL ORDER BY occurred_at"
 )
 
 
