@@ -217,11 +217,14 @@ ledger AS (
     ORDER BY b.organization_id, b.id
 ),
 paid AS (
-    SELECT o.organization_id, coalesce(sum(b.tokens), 0) AS tokens,
-        (SELECT coalesce(sum(v.remaining), 0) FROM live v
-            WHERE v.organization_id = o.organization_id) AS live_before
-    FROM need o LEFT JOIN burned b USING (organization_id)
-    GROUP BY o.organization_id
+    -- Per organization, joined once (a correlated scan of live per organization made the
+    -- burn quadratic in the batch's organizations).
+    SELECT o.organization_id, coalesce(b.tokens, 0) AS tokens, coalesce(v.live, 0) AS live_before
+    FROM need o
+    LEFT JOIN (SELECT organization_id, sum(tokens) AS tokens FROM burned GROUP BY 1) b
+        USING (organization_id)
+    LEFT JOIN (SELECT organization_id, sum(remaining) AS live FROM live GROUP BY 1) v
+        USING (organization_id)
 )
 UPDATE usage_limits l SET grants_consumed_period = l.grants_consumed_period + p.tokens,
     grants_remaining = p.live_before - p.tokens,
