@@ -36,10 +36,16 @@ LOCK_KEY = 0x62327262_726F6C6C  # "b2rb" "roll": the rollup's advisory lock
 # before the run's start; a day stays due for events received up to this long before its run.
 LATE_MARGIN = timedelta(minutes=5)
 
-_SUMS = (
-    "request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
-    " cost_usd, unpriced_count"
+_FIGURE_COLUMNS = (
+    "request_count",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "unpriced_count",
 )
+_SUMS = ", ".join(_FIGURE_COLUMNS)
 # Sums of a finer grain's rows (sum of bigint is numeric: back to bigint).
 _RESUM = (
     "CAST(sum(request_count) AS bigint) AS request_count,"
@@ -49,6 +55,17 @@ _RESUM = (
     " CAST(sum(cache_write_tokens) AS bigint) AS cache_write_tokens,"
     " sum(cost_usd) AS cost_usd, CAST(sum(unpriced_count) AS bigint) AS unpriced_count"
 )
+
+
+def _refresh_figures(alias: str) -> str:
+    """The DO UPDATE of a summary upsert: take the new figures, but rewrite a row only when one
+    of them changed (an unchanged day writes nothing)."""
+    new = ", ".join(f"excluded.{c}" for c in _FIGURE_COLUMNS)
+    old = ", ".join(f"{alias}.{c}" for c in _FIGURE_COLUMNS)
+    assign = ", ".join(f"{c} = excluded.{c}" for c in _FIGURE_COLUMNS)
+    return f"DO UPDATE SET {assign}, updated_at = now() WHERE ({old}) IS DISTINCT FROM ({new})"
+
+
 # A key column that may be NULL, compared with = so that the anti-join can hash.
 _NULL_UUID = "CAST('00000000-0000-0000-0000-000000000000' AS uuid)"
 
@@ -76,16 +93,7 @@ written AS (
     SELECT organization_id, :day, provider, model, request_count, input_tokens, output_tokens,
         cache_read_tokens, cache_write_tokens, cost_usd, unpriced_count, now()
     FROM agg
-    ON CONFLICT (organization_id, day, provider, model) DO UPDATE SET
-        request_count = excluded.request_count, input_tokens = excluded.input_tokens,
-        output_tokens = excluded.output_tokens, cache_read_tokens = excluded.cache_read_tokens,
-        cache_write_tokens = excluded.cache_write_tokens, cost_usd = excluded.cost_usd,
-        unpriced_count = excluded.unpriced_count, updated_at = now()
-    WHERE (s.request_count, s.input_tokens, s.output_tokens, s.cache_read_tokens,
-           s.cache_write_tokens, s.cost_usd, s.unpriced_count)
-        IS DISTINCT FROM (excluded.request_count, excluded.input_tokens, excluded.output_tokens,
-           excluded.cache_read_tokens, excluded.cache_write_tokens, excluded.cost_usd,
-           excluded.unpriced_count)
+    ON CONFLICT (organization_id, day, provider, model) {_refresh_figures("s")}
     RETURNING 1
 ),
 removed AS (
@@ -114,16 +122,7 @@ parts_written AS (
     SELECT organization_id, :day, dimensions, provider, model, user_id, operation, {_SUMS}, now()
     FROM parts
     ON CONFLICT (organization_id, day, dimensions, provider, model, user_id, operation)
-    DO UPDATE SET
-        request_count = excluded.request_count, input_tokens = excluded.input_tokens,
-        output_tokens = excluded.output_tokens, cache_read_tokens = excluded.cache_read_tokens,
-        cache_write_tokens = excluded.cache_write_tokens, cost_usd = excluded.cost_usd,
-        unpriced_count = excluded.unpriced_count, updated_at = now()
-    WHERE (b.request_count, b.input_tokens, b.output_tokens, b.cache_read_tokens,
-           b.cache_write_tokens, b.cost_usd, b.unpriced_count)
-        IS DISTINCT FROM (excluded.request_count, excluded.input_tokens, excluded.output_tokens,
-           excluded.cache_read_tokens, excluded.cache_write_tokens, excluded.cost_usd,
-           excluded.unpriced_count)
+    {_refresh_figures("b")}
     RETURNING 1
 ),
 parts_removed AS (
