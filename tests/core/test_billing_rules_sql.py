@@ -40,6 +40,9 @@ from biz2bricks_core.credits import (
     burn,
     grant_is_live,
     grant_is_live_sql,
+    grants_owing_sql,
+    live_grants_remaining_sql,
+    owed,
 )
 from biz2bricks_core.holds import reserved_after_settle, reserved_after_settle_sql
 from biz2bricks_core.model_names import ModelNames
@@ -426,3 +429,74 @@ async def test_the_burn_joins_no_rows_by_filtering_in_a_generic_plan(db: Databas
         if n.get("Rows Removed by Join Filter")
     ]
     assert filtered == []
+
+
+async def test_what_grants_owe_in_sql_equals_python_at_every_instant(db: DatabaseManager) -> None:
+    # Given grants of every kind, and tokens paid from the cache written at several instants
+    # (before a grant started, while all were live, after one expired)
+    org = await provisioned_org(db, plan="free")
+    now = datetime.now(UTC)
+    specs = [  # tokens, priority, effective_at, expires_at
+        (300, 10, now - timedelta(days=3), None),
+        (200, 10, now - timedelta(days=3), now - timedelta(days=1)),  # expired a day ago
+        (100, 5, now - timedelta(days=3), now + timedelta(days=90)),
+        (400, 10, now - timedelta(hours=1), None),  # effective an hour ago
+        (250, 10, now - timedelta(days=2), now + timedelta(days=5)),
+    ]
+    async with db.driver() as conn:
+        for tokens, priority, effective, expires in specs:
+            await conn.execute(
+                "INSERT INTO credit_grants (organization_id, tokens, remaining, priority,"
+                " effective_at, expires_at, created_at) VALUES ($1, $2, $2, $3, $4, $5, $4)",
+                org,
+                tokens,
+                priority,
+                effective,
+                expires,
+            )
+        rows = await conn.fetch(
+            "SELECT id, remaining, priority, effective_at, expires_at, voided_at, created_at"
+            " FROM credit_grants WHERE organization_id = $1",
+            org,
+        )
+        grants = [GrantState(**dict(r)) for r in rows]
+        cached_instants = (now - timedelta(days=2), now - timedelta(minutes=30), now, None)
+        for cached_at, pending in itertools.product(cached_instants, (0, 1, 99, 450, 900, 5_000)):
+            # When the counter row says the grants live at cached_at owe `pending`, and the
+            # cache is stale (so readers go to the rows)
+            await conn.execute(
+                "UPDATE usage_limits SET grants_pending = $2, grants_cached_at = $3,"
+                " grants_next_change = now() - interval '1 second' WHERE organization_id = $1",
+                org,
+                pending,
+                cached_at,
+            )
+            in_sql = {
+                r["id"]: r["owed"]
+                for r in await conn.fetch(
+                    f"SELECT s.id, s.owed FROM usage_limits l CROSS JOIN LATERAL"
+                    f" {grants_owing_sql('l')} s WHERE l.organization_id = $1 AND s.owed > 0",
+                    org,
+                )
+            }
+            live_in_sql = await conn.fetchval(
+                f"SELECT {live_grants_remaining_sql('l')} FROM usage_limits l"
+                " WHERE l.organization_id = $1",
+                org,
+            )
+            # Then SQL and Python agree on what each grant owes and on what is live now
+            expected = owed(grants, pending, cached_at)
+            assert in_sql == expected, (cached_at, pending)
+            live_now = sum(
+                g.remaining - expected.get(g.id, 0)
+                for g in grants
+                if grant_is_live(g, datetime.now(UTC))
+            )
+            assert live_in_sql == live_now, (cached_at, pending)
+    # Two days ago the 400 was not yet effective: priority 5 first, then the earliest expiry
+    by_tokens = {g.remaining: g.id for g in grants}
+    assert owed(grants, 450, now - timedelta(days=2)) == {
+        by_tokens[100]: 100,
+        by_tokens[200]: 200,
+        by_tokens[250]: 150,
+    }

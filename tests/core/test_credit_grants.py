@@ -112,8 +112,28 @@ async def test_usage_beyond_the_plan_burns_grants_in_order_across_batches_and_re
     assert (decision.used, decision.limit, decision.remaining) == (165_000, 200_000, 35_000)
     usage = await service.get_usage(org)
     assert (usage.credits_remaining, usage.grants_consumed_period) == (35_000, 65_000)
+    # The batches paid from the cache: what the grants owe is not in the ledger yet, and
+    # reconcile counts it (ledger + owed = consumed)
     consumed = sum(t for kind, t in await ledger(db, org) if kind == "consume")
-    assert consumed == 65_000
+    assert consumed + limits["grants_pending"] == 65_000
+    assert org not in {d.organization_id for d in await find_drift(db)}
+    # When the rollup tidies the grants, the ledger holds each grant's consumption and
+    # nothing is owed; no number moves
+    await sweep_grants(db)
+    # (one row per grant for what it paid since the last tidy: goodwill, promo, purchased)
+    assert sorted(t for kind, t in await ledger(db, org) if kind == "consume") == [
+        15_000,
+        20_000,
+        30_000,
+    ]
+    assert (await counters(db, org))["grants_pending"] == 0
+    assert await remaining_by_reason(service, org) == {
+        "purchased": 35_000,
+        "promo": 0,
+        "goodwill": 0,
+    }
+    decision = await service.check_token_limit(org)
+    assert (decision.used, decision.limit, decision.remaining) == (165_000, 200_000, 35_000)
     assert org not in {d.organization_id for d in await find_drift(db)}
     await assert_counter_derivable(db, org)
 
@@ -282,3 +302,105 @@ async def test_reconcile_finds_and_repairs_drift_between_ledger_and_counters(
     assert org not in {d.organization_id for d in await find_drift(db)}
     limits = await counters(db, org)
     assert (limits["grants_consumed_period"], limits["grants_remaining"]) == (2_500, 7_500)
+
+
+async def ledger_rows(db: DatabaseManager, org: uuid.UUID) -> list[tuple[str, int, object]]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT kind, tokens, period_start FROM credit_ledger"
+                " WHERE organization_id = :o AND kind <> 'grant' ORDER BY id"
+            ),
+            {"o": org},
+        )
+        return [(r.kind, int(r.tokens), r.period_start) for r in rows]
+
+
+async def test_tokens_paid_from_the_cache_are_owed_by_the_grants_live_then_through_an_expiry(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given an organization at its plan's limit, a first-priority grant that expires in two
+    # seconds and a grant without expiry
+    org = await provisioned_org(db, plan="free")
+    service = UsageService(db)
+    await use_tokens(db, org, FREE_LIMIT)
+    expires = datetime.now(UTC) + timedelta(seconds=2)
+    await service.grant_credits(org, 10_000, priority=5, expires_at=expires, reason="short")
+    await service.grant_credits(org, 50_000, reason="long")
+    period = (await counters(db, org))["period_start"]
+
+    def beyond(tokens: int) -> list:  # type: ignore[type-arg]
+        return [message_for(make_event(org, input_tokens=tokens, output_tokens=0))]
+
+    # When 6,000 tokens go beyond the plan
+    result = await writer.write(build_batch(beyond(6_000)))
+    # Then the batch paid them from the cache: the expiring grant owes them, and every reader
+    # already sees them taken from it
+    limits = await counters(db, org)
+    assert result.grants_consumed == 6_000
+    assert (limits["grants_pending"], limits["grants_consumed_period"]) == (6_000, 6_000)
+    assert await ledger_rows(db, org) == []
+    assert await remaining_by_reason(service, org) == {"short": 4_000, "long": 50_000}
+    decision = await service.check_token_limit(org)
+    assert (decision.limit, decision.remaining) == (FREE_LIMIT + 60_000, 54_000)
+    # When the grant expires, with nothing run in between
+    await asyncio.sleep(max((expires - datetime.now(UTC)).total_seconds(), 0) + 0.2)
+    # Then it stops counting at once, and what it expires with is what it did not pay
+    decision = await service.check_token_limit(org)
+    assert (decision.limit, decision.remaining) == (FREE_LIMIT + 56_000, 50_000)
+    assert not (await service.reserve_tokens(org, 50_001)).allowed
+    usage = await service.get_usage(org)
+    assert (usage.credits_remaining, usage.grants_expired_period) == (50_000, 4_000)
+    # When 3,000 more go beyond the plan, the cache is stale: the rows pay, after the expired
+    # grant gave what it owed and its breakage was recorded
+    result = await writer.write(build_batch(beyond(3_000)))
+    assert result.grants_consumed == 3_000
+    assert await remaining_by_reason(service, org) == {"short": 0, "long": 47_000}
+    # And the ledger holds each of them once, also after the sweep; every number agrees
+    await sweep_grants(db)
+    assert await ledger_rows(db, org) == [
+        ("consume", 6_000, period),
+        ("expire", 4_000, period),
+        ("consume", 3_000, period),
+    ]
+    limits = await counters(db, org)
+    assert (limits["grants_pending"], limits["grants_consumed_period"]) == (0, 9_000)
+    assert org not in {d.organization_id for d in await find_drift(db)}
+    await assert_counter_derivable(db, org)
+
+
+async def test_owed_tokens_of_an_earlier_period_are_booked_to_it_when_the_period_rolls(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given an organization whose grants owe 5,000 tokens paid from the cache last period
+    org = await provisioned_org(db, plan="free")
+    service = UsageService(db)
+    await use_tokens(db, org, FREE_LIMIT)
+    await service.grant_credits(org, 50_000, reason="purchased")
+    await use_tokens(db, org, 5_000)
+    async with db.driver() as conn:
+        await conn.execute(
+            "UPDATE usage_limits SET period_start = period_start - interval '1 month',"
+            " period_end = period_start, grants_pending_period = period_start"
+            " - interval '1 month' WHERE organization_id = $1",
+            org,
+        )
+    before = await counters(db, org)
+    assert before["grants_pending"] == 5_000
+    last_period = before["period_start"]
+    # When this period's usage goes 2,000 beyond the plan (the batch rolls the period)
+    await use_tokens(db, org, FREE_LIMIT + 2_000)
+    # Then the owed tokens are booked to the period they were paid in, the new ones to this one
+    limits = await counters(db, org)
+    assert limits["period_start"] > last_period
+    assert (limits["grants_pending"], limits["grants_consumed_period"]) == (0, 2_000)
+    assert await ledger_rows(db, org) == [
+        ("consume", 5_000, last_period),
+        ("consume", 2_000, limits["period_start"]),
+    ]
+    assert await remaining_by_reason(service, org) == {"purchased": 43_000}
+    # And the next batch pays from the cache again
+    await use_tokens(db, org, 1_000)
+    limits = await counters(db, org)
+    assert (limits["grants_pending"], limits["grants_consumed_period"]) == (1_000, 3_000)
+    assert (await service.check_token_limit(org)).remaining == 42_000

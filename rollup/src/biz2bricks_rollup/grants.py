@@ -1,7 +1,9 @@
-"""Tidy the credit grants: record the expiries in the ledger and refresh the grants' cache.
+"""Tidy the credit grants: take from the grants what they owe, record the expiries in the
+ledger and refresh the grants' cache.
 
 No answer depends on this (every reader compares grants with ``now()``); it keeps the ledger
-complete (an expire row with each expired grant's breakage) and the counters' cache exact, so
+complete (a consume row for what the batch path paid from the cache, an expire row with each
+expired grant's breakage) and the counters' cache exact, so
 that the request path takes its one-statement fast path again. Each organization is handled
 under its counter-row lock, in the consumers' order, a chunk at a time.
 """
@@ -11,20 +13,21 @@ from __future__ import annotations
 from typing import Final
 
 from biz2bricks_core.counters import lock_counters_sql
-from biz2bricks_core.credits import REFRESH_GRANTS
+from biz2bricks_core.credits import refresh_grants
 from biz2bricks_core.database import DatabaseManager
 
 CHUNK: Final = 500
 DUE: Final = (
-    "SELECT organization_id FROM usage_limits WHERE grants_next_change <= now()"
+    "SELECT organization_id FROM usage_limits"
+    " WHERE grants_next_change <= now() OR grants_pending > 0"
     " ORDER BY organization_id LIMIT $1"
 )
 LOCK: Final = lock_counters_sql("SELECT unnest($1::uuid[])")
 
 
 async def sweep_grants(db: DatabaseManager) -> int:
-    """Refresh every organization whose grants started or ended since its cache was written;
-    returns the tokens recorded as expired."""
+    """Refresh every organization whose grants started or ended since its cache was written or
+    that owe tokens; returns the tokens recorded as expired."""
     expired = 0
     while True:
         async with db.driver() as conn, conn.transaction():
@@ -32,7 +35,7 @@ async def sweep_grants(db: DatabaseManager) -> int:
             if not due:
                 return expired
             await conn.fetch(LOCK, due)
-            rows = await conn.fetch(REFRESH_GRANTS, due)
+            rows = await refresh_grants(conn, due)
             expired += sum(int(r["expired"]) for r in rows)
         if len(due) < CHUNK:
             return expired

@@ -25,10 +25,21 @@ from sqlalchemy import text
 
 from biz2bricks_core.counters import lock_counters_sql
 from biz2bricks_core.counting import event_tokens_sql, unpriced_count_sql
-from biz2bricks_core.credits import REFRESH_GRANTS, grant_is_live_sql, grants_cache_valid_sql
+from biz2bricks_core.credits import (
+    grant_is_live_sql,
+    grants_cache_valid_sql,
+    grants_owing_sql,
+    refresh_grants,
+)
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.periods import in_period_sql
 
+# What grants paid for in the period: its consume rows in the ledger, less its restores, and
+# what the batch path paid from the cache in it that the grants still owe.
+CONSUMED = (
+    "coalesce(c.consumed, 0) + CASE WHEN l.grants_pending_period = l.period_start"
+    " THEN l.grants_pending ELSE 0 END"
+)
 EXPECTED = f"""
 SELECT l.organization_id,
     l.tokens_used_period, coalesce(e.tokens, 0) AS expected_tokens,
@@ -36,7 +47,7 @@ SELECT l.organization_id,
     l.unpriced_events_period, coalesce(e.unpriced, 0) AS expected_unpriced,
     l.storage_used_bytes,
     CASE WHEN d.derivable THEN coalesce(d.bytes, 0) END AS expected_storage,
-    l.grants_consumed_period, coalesce(c.consumed, 0) AS expected_grants_consumed,
+    l.grants_consumed_period, {CONSUMED} AS expected_grants_consumed,
     l.grants_remaining, coalesce(g.live, 0) AS expected_grants_remaining
 FROM usage_limits l
 LEFT JOIN LATERAL (
@@ -55,9 +66,8 @@ LEFT JOIN LATERAL (
     WHERE cl.organization_id = l.organization_id AND cl.kind IN ('consume', 'restore')
         AND cl.period_start = l.period_start) c ON true
 LEFT JOIN LATERAL (
-    SELECT sum(remaining) AS live FROM credit_grants gr
-    WHERE gr.organization_id = l.organization_id AND gr.remaining > 0
-        AND {grant_is_live_sql("gr")}) g ON true
+    SELECT sum(gr.remaining - gr.owed) AS live FROM {grants_owing_sql("l")} gr
+    WHERE {grant_is_live_sql("gr")}) g ON true
 WHERE {{where}}
 ORDER BY l.organization_id
 """
@@ -68,7 +78,7 @@ DRIFTED = (
     " OR (d.derivable AND l.storage_used_bytes <> coalesce(d.bytes, 0))"
     # What grants paid for in the period is the sum of its consume rows in the ledger; the
     # cache of the live grants is judged only while it claims to be exact.
-    " OR l.grants_consumed_period <> coalesce(c.consumed, 0)"
+    f" OR l.grants_consumed_period <> {CONSUMED}"
     f" OR ({grants_cache_valid_sql('l')} AND l.grants_remaining <> coalesce(g.live, 0))"
 )
 FIND = text(EXPECTED.format(where=DRIFTED))
@@ -217,9 +227,7 @@ async def repair(db: DatabaseManager, drifts: list[Drift]) -> list[Drift]:
         if fixed:
             # The grants' cache, from the rows, under the same locks.
             raw = await conn.get_raw_connection()
-            await raw.driver_connection.execute(  # type: ignore[union-attr]
-                REFRESH_GRANTS, [d.organization_id for d in fixed]
-            )
+            await refresh_grants(raw.driver_connection, [d.organization_id for d in fixed])
     return fixed
 
 

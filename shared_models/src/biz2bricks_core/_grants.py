@@ -2,8 +2,8 @@
 
 Every statement that changes a grant first locks the organization's ``usage_limits`` row, as
 every writer of the counters and the grants does (biz2bricks_core.counters), then writes the
-grant, its ledger row and an audit row, and refreshes the grants' cache (``REFRESH_GRANTS``),
-all in one transaction.
+grant, its ledger row and an audit row, and refreshes the grants' cache (``refresh_grants``,
+which first takes from the grants what they owe), all in one transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ import uuid
 from datetime import datetime
 from typing import Any, Final
 
-from biz2bricks_core.credits import BURN_ORDER, REFRESH_GRANTS, CreditGrant
+from biz2bricks_core.credits import (
+    BURN_ORDER,
+    FLUSH_GRANTS,
+    CreditGrant,
+    grants_owing_sql,
+    refresh_grants,
+)
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import (
     GrantConflictError,
@@ -48,8 +54,13 @@ VOID: Final = (
     "   THEN g.remaining ELSE 0 END"
     f" WHERE g.id = $1 AND g.voided_at IS NULL RETURNING {COLUMNS}"
 )
+# Each grant's remaining, less what it owes of the tokens the batch path paid from the cache.
 LIST: Final = (
-    f"SELECT {COLUMNS} FROM credit_grants g WHERE g.organization_id = $1"
+    "SELECT g.id, g.organization_id, g.tokens, g.remaining - coalesce(o.owed, 0) AS remaining,"
+    " g.priority, g.effective_at, g.expires_at, g.voided_at, g.reason, g.created_at"
+    " FROM credit_grants g LEFT JOIN (SELECT s.id, s.owed FROM usage_limits l"
+    f" CROSS JOIN LATERAL {grants_owing_sql('l')} s WHERE l.organization_id = $1) o"
+    " ON o.id = g.id WHERE g.organization_id = $1"
     " AND ($2 OR (g.voided_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > now())))"
     f" ORDER BY {BURN_ORDER}"
 )
@@ -112,6 +123,9 @@ async def grant(
                 f" {start.isoformat()}"
             )
         new_id = grant_id if grant_id is not None else uuid.uuid4()
+        # What the grants owe is taken before the set of grants changes (a grant effective in
+        # the past must not owe what was paid before it existed).
+        await conn.execute(FLUSH_GRANTS, [org])
         row = await conn.fetchrow(
             INSERT_GRANT, new_id, org, tokens, priority, start, expires_at, reason
         )
@@ -130,7 +144,7 @@ async def grant(
             "reason": reason,
         }
         await conn.execute(AUDIT, org, "credits.grant", str(new_id), json.dumps(details))
-        await conn.execute(REFRESH_GRANTS, [org])
+        await refresh_grants(conn, [org])
         return grant_from_row(row, now)
 
 
@@ -142,6 +156,9 @@ async def void(db: DatabaseManager, grant_id: uuid.UUID, reason: str | None) -> 
             raise UnknownGrantError(f"credit grant {grant_id} does not exist")
         org = row["organization_id"]
         now = await conn.fetchval(LOCK_ORGANIZATION, org)
+        # What the grants owe is taken first: the void ends what the grant holds after that.
+        await conn.execute(FLUSH_GRANTS, [org])
+        row = await conn.fetchrow(GRANT_BY_ID, grant_id)
         voided = await conn.fetchrow(VOID, grant_id, reason)
         if voided is None:  # voided before
             return grant_from_row(await conn.fetchrow(GRANT_BY_ID, grant_id), now)
@@ -150,7 +167,7 @@ async def void(db: DatabaseManager, grant_id: uuid.UUID, reason: str | None) -> 
         await conn.execute(LEDGER, org, grant_id, "void", lost)
         details = {"tokens_voided": lost, "reason": reason}
         await conn.execute(AUDIT, org, "credits.void", str(grant_id), json.dumps(details))
-        await conn.execute(REFRESH_GRANTS, [org])
+        await refresh_grants(conn, [org])
         return grant_from_row(voided, now)
 
 

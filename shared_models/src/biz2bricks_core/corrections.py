@@ -29,7 +29,13 @@ from decimal import Decimal
 from typing import Any, Final
 
 from biz2bricks_core.counting import event_tokens_sql
-from biz2bricks_core.credits import REFRESH_GRANTS, GrantState, grants_kept_after_void, restore
+from biz2bricks_core.credits import (
+    FLUSH_GRANTS,
+    GrantState,
+    grants_kept_after_void,
+    refresh_grants,
+    restore,
+)
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import (
     InvalidArgumentError,
@@ -254,6 +260,7 @@ async def _restore_grants(conn: Any, org: uuid.UUID, limits: Any, tokens: int) -
     give = consumed - grants_kept_after_void(consumed, used_after, limit)
     if give <= 0:
         return 0
+    await conn.execute(FLUSH_GRANTS, [org])  # what the grants owe is in the ledger first
     rows = await conn.fetch(PAID_IN_PERIOD, org, limits["period_start"])
     paid = [
         (
@@ -276,7 +283,7 @@ async def _restore_grants(conn: Any, org: uuid.UUID, limits: Any, tokens: int) -
     await conn.execute(
         RESTORE, org, [g for g, _ in given], [t for _, t in given], limits["period_start"]
     )
-    await conn.execute(REFRESH_GRANTS, [org])
+    await refresh_grants(conn, [org])
     return sum(t for _, t in given)
 
 

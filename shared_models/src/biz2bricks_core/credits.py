@@ -17,6 +17,18 @@ The rules, each in Python and in SQL:
   What the live grants cannot pay stays unpaid overage.
 - ``restore``: a void of usage that grants paid for gives them back, the last paid first, so
   that what stays consumed is what the burn would have taken for the usage that is left.
+- ``owed``: the batch path pays from the cache (``usage_limits.grants_remaining``) and keeps
+  what it paid as ``grants_pending``, owed by the grants live when the cache was written
+  (``grants_cached_at``): while no grant starts or ends the burn order over them does not
+  change, so taking ``pending`` from them later in that order (``FLUSH_GRANTS``) takes from
+  each exactly what burning batch by batch would have. Every reader of a grant's row subtracts
+  what it owes (``grants_owing_sql``); every writer of grants flushes first
+  (``refresh_grants``), and so does the burn from the rows when the cache is stale.
+
+Why owed tokens: burning the rows batch by batch wrote a grant row, a ledger row and the
+counter row again for every organization past its plan in every batch, 30 ms a batch of
+1,000 organizations (0.23x the raw write path); paying from the cache adds three columns to
+the counter update the batch makes anyway.
 
 The allowance (biz2bricks_core.allowance) is the plan's limit + what grants paid for in this
 period (``grants_consumed_period``) + ``live_remaining``: burning moves tokens from the second
@@ -34,11 +46,12 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "BURN",
     "BURN_ORDER",
+    "FLUSH_GRANTS",
     "REFRESH_GRANTS",
     "CreditGrant",
     "GrantState",
@@ -50,8 +63,11 @@ __all__ = [
     "grant_is_live_sql",
     "grants_cache_valid_sql",
     "grants_kept_after_void",
+    "grants_owing_sql",
     "live_grants_remaining_sql",
     "live_remaining",
+    "owed",
+    "refresh_grants",
     "restore",
 ]
 
@@ -169,6 +185,31 @@ def restore(paid: Sequence[tuple[GrantState, int]], tokens: int) -> list[tuple[u
     return given
 
 
+def owed(
+    grants: Sequence[GrantState], pending: int, cached_at: datetime | None
+) -> dict[uuid.UUID, int]:
+    """What of ``pending`` each grant owes: the burn of it over the grants live at
+    ``cached_at`` (SQL twin: the ``owed`` column of ``grants_owing_sql``)."""
+    if pending <= 0 or cached_at is None:
+        return {}
+    return dict(burn(grants, pending, cached_at))
+
+
+def grants_owing_sql(limits: str) -> str:
+    """SQL twin of ``owed``: a subquery of the grants that hold tokens of the organization of a
+    usage_limits row (alias ``limits``), every column of credit_grants and ``owed``, what the
+    grant owes of the row's ``grants_pending``. Read through the partial index."""
+    live_then = grant_is_live_sql("g", f"{limits}.grants_cached_at")
+    return (
+        f"(SELECT g.*, CASE WHEN {live_then} THEN least(g.remaining, greatest("
+        f"{limits}.grants_pending - coalesce(sum(g.remaining) FILTER (WHERE {live_then})"
+        f" OVER (ORDER BY {BURN_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0),"
+        " 0)) ELSE 0 END AS owed"
+        f" FROM credit_grants g WHERE g.organization_id = {limits}.organization_id"
+        " AND g.remaining > 0 AND g.voided_at IS NULL)"
+    )
+
+
 def grants_cache_valid_sql(limits: str) -> str:
     """Is the cached ``grants_remaining`` of a usage_limits row (alias ``limits``) exact now?"""
     return f"({limits}.grants_next_change IS NULL OR {limits}.grants_next_change > now())"
@@ -176,12 +217,12 @@ def grants_cache_valid_sql(limits: str) -> str:
 
 def live_grants_remaining_sql(limits: str) -> str:
     """SQL twin of ``live_remaining`` for the organization of a usage_limits row: the cache
-    while no grant can have started or ended since it was written, else the live rows' sum."""
+    while no grant can have started or ended since it was written, else the live rows' sum,
+    less what they owe."""
     return (
         f"CASE WHEN {grants_cache_valid_sql(limits)} THEN {limits}.grants_remaining"
-        " ELSE (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g"
-        f" WHERE g.organization_id = {limits}.organization_id AND g.remaining > 0"
-        f" AND {grant_is_live_sql('g')}) END"
+        " ELSE (SELECT coalesce(sum(s.remaining - s.owed), 0)"
+        f" FROM {grants_owing_sql(limits)} s WHERE {grant_is_live_sql('s')}) END"
     )
 
 
@@ -189,7 +230,10 @@ def live_grants_remaining_sql(limits: str) -> str:
 # took beyond its plan: each live grant pays least(its remaining, what the grants before it in
 # the burn order left unpaid). A consume row per grant in the ledger; the counters and the
 # cache move by what was paid. One statement: the caller holds the counter rows' locks, and
-# every writer of grants takes them first, so the rows read here are current.
+# every writer of grants takes them first, so the rows read here are current; and it runs
+# after FLUSH_GRANTS, so that they owe nothing. The batch path pays from the cache and comes
+# here only for organizations whose cache is stale (a grant started or ended since it was
+# written) or whose owed tokens belong to an earlier period.
 #
 # Its plan must not depend on statistics: the statement is prepared once per connection and,
 # after five runs, PostgreSQL may keep a generic plan that knows neither the batch's size nor
@@ -240,7 +284,7 @@ paid AS (
     FROM live GROUP BY organization_id
 )
 UPDATE usage_limits l SET grants_consumed_period = l.grants_consumed_period + p.tokens,
-    grants_remaining = p.live_before - p.tokens,
+    grants_remaining = p.live_before - p.tokens, grants_cached_at = now(),
     grants_next_change = (SELECT min(x.at) FROM credit_grants g
         CROSS JOIN LATERAL (VALUES (g.effective_at), (g.expires_at)) AS x(at)
         WHERE g.organization_id = l.organization_id AND g.voided_at IS NULL
@@ -249,9 +293,10 @@ FROM paid p WHERE l.organization_id = p.organization_id
 RETURNING l.organization_id, p.tokens
 """
 
-# Under the organization's counter-row lock, in its own statement (it reads the rows as they
-# are now): the expiries not yet in the ledger are recorded (the grant's breakage), and the
-# cache and its next change are set from the rows. $1: the organizations.
+# Under the organization's counter-row lock, in its own statement, after FLUSH_GRANTS (it
+# reads the rows as they are now; refresh_grants runs both): the expiries not yet in the
+# ledger are recorded (the grant's breakage), and the cache and its next change are set from
+# the rows. $1: the organizations.
 REFRESH_GRANTS: Final = f"""
 WITH expired AS (
     INSERT INTO credit_ledger (organization_id, grant_id, kind, tokens, period_start)
@@ -263,7 +308,7 @@ WITH expired AS (
     ON CONFLICT DO NOTHING
     RETURNING tokens
 )
-UPDATE usage_limits l SET
+UPDATE usage_limits l SET grants_cached_at = now(),
     grants_remaining = (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g
         WHERE g.organization_id = l.organization_id AND g.remaining > 0
             AND {grant_is_live_sql("g")}),
@@ -274,3 +319,37 @@ UPDATE usage_limits l SET
 WHERE l.organization_id = ANY($1::uuid[])
 RETURNING l.organization_id, (SELECT coalesce(sum(tokens), 0) FROM expired) AS expired
 """
+
+# Under the organizations' counter-row locks: each grant gives what it owes of the pending
+# tokens (``grants_owing_sql``), with a consume row in the ledger for the period they were
+# paid in; nothing is owed after. The counters already count these tokens. $1: the
+# organizations.
+FLUSH_GRANTS: Final = f"""
+WITH owing AS (
+    SELECT l.organization_id, l.grants_pending_period AS period_start, s.id, s.owed
+    FROM usage_limits l CROSS JOIN LATERAL {grants_owing_sql("l")} s
+    WHERE l.organization_id = ANY($1::uuid[]) AND l.grants_pending > 0 AND s.owed > 0
+),
+taken AS (
+    UPDATE credit_grants g SET remaining = g.remaining - o.owed
+    FROM owing o WHERE g.id = o.id
+    RETURNING g.id
+),
+ledger AS (
+    INSERT INTO credit_ledger (organization_id, grant_id, kind, tokens, period_start)
+    SELECT organization_id, id, 'consume', owed, period_start FROM owing
+    ORDER BY organization_id, id
+)
+UPDATE usage_limits l SET grants_pending = 0, grants_pending_period = NULL
+WHERE l.organization_id = ANY($1::uuid[]) AND l.grants_pending > 0
+RETURNING l.organization_id
+"""
+
+
+async def refresh_grants(conn: Any, organizations: Sequence[uuid.UUID]) -> list[Any]:
+    """On ``conn`` (asyncpg, in a transaction holding the organizations' counter-row locks):
+    take the owed tokens from the grants, record the expiries and rewrite the cache. Every
+    writer of grants runs it after its change; returns REFRESH_GRANTS' rows."""
+    organizations = list(organizations)
+    await conn.execute(FLUSH_GRANTS, organizations)
+    return list(await conn.fetch(REFRESH_GRANTS, organizations))

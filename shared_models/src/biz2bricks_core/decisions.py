@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from biz2bricks_core.allowance import allowance, remaining, token_reason
-from biz2bricks_core.credits import live_grants_remaining_sql
+from biz2bricks_core.credits import grants_owing_sql, live_grants_remaining_sql
 from biz2bricks_core.holds import LIVE_RESERVED
 from biz2bricks_core.periods import period_reading, period_reading_sql
 
@@ -31,11 +31,15 @@ SNAPSHOT: Final = (
     f" {period_reading_sql('l.unpriced_events_period', 'l.period_end')} AS unpriced,"
     f" {period_reading_sql('l.grants_consumed_period', 'l.period_end')} AS consumed,"
     f" {live_grants_remaining_sql('l')} AS credits_remaining,"
-    # What grants that ended by expiry in this period still held (their breakage).
+    # What grants that ended by expiry in this period still held (their breakage), less what
+    # they owe of the tokens the batch path paid from the cache. A grant voided after it
+    # expired still held its breakage (a void takes what is owed first: it owes nothing).
     " (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g"
     "   WHERE g.organization_id = l.organization_id AND g.expires_at >= l.period_start"
-    "   AND g.expires_at < least(now(), l.period_end)"
-    "   AND (g.voided_at IS NULL OR g.voided_at >= g.expires_at)) AS expired,"
+    "   AND g.expires_at < least(now(), l.period_end) AND g.voided_at >= g.expires_at)"
+    " + (SELECT coalesce(sum(g.remaining - g.owed), 0)"
+    f"   FROM {grants_owing_sql('l')} g WHERE g.expires_at >= l.period_start"
+    "   AND g.expires_at < least(now(), l.period_end)) AS expired,"
     " storage_used_bytes, storage_limit_bytes, counters_updated_at"
     " FROM usage_limits l WHERE organization_id = :org"
 )

@@ -5,8 +5,10 @@ the events of the organizations it locked (ON CONFLICT DO NOTHING: a redelivery 
 nothing and so changes nothing), and from the rows it actually inserted adds tokens and cost
 to each organization's current period, rolling the period when an event is past its end;
 settles the holds the new events name and writes the alert thresholds their usage crossed.
-What the batch took beyond a plan then burns credit grants (``credits.BURN``), in the same
-transaction. Every billing rule it applies is composed from its home module; it re-writes none.
+What the batch took beyond a plan is paid from the organization's cached live grants in the
+same counter update and owed by them (``credits.owed``); where that cache is stale, the grant
+rows pay it (``credits.refresh_grants`` then ``credits.BURN``), in the same transaction. Every
+billing rule it applies is composed from its home module; it re-writes none.
 
 The consumer's writer records every batch through ``record_events``; an amendment
 (biz2bricks_core.corrections) records its replacing event through it too, so an amended
@@ -28,7 +30,13 @@ from biz2bricks_core.alerts import insert_alerts_sql
 from biz2bricks_core.allowance import allowance_sql
 from biz2bricks_core.counters import lock_counters_sql
 from biz2bricks_core.counting import event_tokens_sql, unpriced_sql
-from biz2bricks_core.credits import BURN, beyond_plan_sql, live_grants_remaining_sql
+from biz2bricks_core.credits import (
+    BURN,
+    beyond_plan_sql,
+    grants_cache_valid_sql,
+    live_grants_remaining_sql,
+    refresh_grants,
+)
 from biz2bricks_core.event_ids import event_id_month_sql
 from biz2bricks_core.events import UsageEvent
 from biz2bricks_core.holds import reserved_after_settle_sql, settle_holds_sql
@@ -60,7 +68,9 @@ __all__ = [
 # (periods, allowance, counting, credits, holds, alerts, pricing, the counters' lock order).
 LOCK = lock_counters_sql(
     "SELECT organization_id FROM input",
-    "l.organization_id, l.period_start, l.period_end, l.period_unit, l.tokens_used_period",
+    "l.organization_id, l.period_start, l.period_end, l.period_unit, l.tokens_used_period,"
+    " l.token_limit, l.grants_remaining, l.grants_next_change, l.grants_pending,"
+    " l.grants_pending_period",
 )
 PERIOD_END = period_end_sql("o.new_start", "o.period_unit")
 NEW_START = period_start_after_sql(
@@ -71,13 +81,19 @@ SAME_PERIOD = "t.new_start = u.period_start"
 ROLLED_TOKENS = counter_after_roll_sql("u.tokens_used_period", SAME_PERIOD, "s.tokens")
 ROLLED_COST = counter_after_roll_sql("u.cost_usd_period", SAME_PERIOD, "s.cost")
 ROLLED_UNPRICED = counter_after_roll_sql("u.unpriced_events_period", SAME_PERIOD, "s.unpriced")
-ROLLED_GRANTS_CONSUMED = counter_after_roll_sql("u.grants_consumed_period", SAME_PERIOD, "0")
-# After the UPDATE (RETURNING sees the new row): the allowance the alerts measure against, and
-# the tokens the batch took beyond the plan, which the burn statement charges to live grants.
+ROLLED_GRANTS_CONSUMED = counter_after_roll_sql("u.grants_consumed_period", SAME_PERIOD, "b.paid")
+# Before the UPDATE, from the locked row: the tokens the batch takes beyond the plan, and
+# whether the cache can pay them (exact now, and what it owes, if anything, was paid in this
+# period): then it pays what it holds, and the grants owe it.
+BEYOND_PLAN = beyond_plan_sql("t.before_tokens", "t.before_tokens + s.tokens", "l.token_limit")
+FROM_CACHE = (
+    f"{grants_cache_valid_sql('l')}"
+    " AND (l.grants_pending = 0 OR l.grants_pending_period = t.new_start)"
+)
+# After the UPDATE (RETURNING sees the new row): the allowance the alerts measure against.
 ALLOWANCE = allowance_sql(
     "u.token_limit", "u.grants_consumed_period", live_grants_remaining_sql("u")
 )
-BEYOND_PLAN = beyond_plan_sql("t.before_tokens", "u.tokens_used_period", "u.token_limit")
 RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "s.held_tokens")
 SETTLE = settle_holds_sql("inserted")
 # The partition key of usage_events (biz2bricks_core.event_partitions), from the id alone.
@@ -194,9 +210,20 @@ sums AS (
     CROSS JOIN LATERAL (SELECT NOT i.held AND {COUNTED} AS counted) c
     GROUP BY t.organization_id
 ),
+paying AS (
+    SELECT t.organization_id, b.beyond_plan, b.from_cache,
+        CASE WHEN b.from_cache THEN least(b.beyond_plan, l.grants_remaining) ELSE 0 END AS paid,
+        l.grants_remaining > 0 OR NOT {grants_cache_valid_sql("l")} AS may_have_grants
+    FROM target t JOIN sums s USING (organization_id) JOIN locked l USING (organization_id)
+    CROSS JOIN LATERAL (SELECT {BEYOND_PLAN} AS beyond_plan, {FROM_CACHE} AS from_cache) b
+),
 updated AS (
     UPDATE usage_limits u SET
         grants_consumed_period = {ROLLED_GRANTS_CONSUMED},
+        grants_remaining = u.grants_remaining - b.paid,
+        grants_pending = u.grants_pending + b.paid,
+        grants_pending_period = CASE WHEN b.paid > 0 THEN t.new_start
+            ELSE u.grants_pending_period END,
         tokens_used_period = {ROLLED_TOKENS},
         cost_usd_period = {ROLLED_COST},
         unpriced_events_period = {ROLLED_UNPRICED},
@@ -204,12 +231,11 @@ updated AS (
         period_start = t.new_start,
         period_end = t.new_end,
         counters_updated_at = now()
-    FROM target t JOIN sums s USING (organization_id)
+    FROM target t JOIN sums s USING (organization_id) JOIN paying b USING (organization_id)
     WHERE u.organization_id = t.organization_id
     RETURNING u.organization_id, u.plan, u.period_start, t.before_tokens,
         u.tokens_used_period AS after_tokens, {ALLOWANCE} AS allowance,
-        {BEYOND_PLAN} AS beyond_plan,
-        u.grants_remaining > 0 OR u.grants_next_change <= now() AS may_have_grants,
+        b.beyond_plan, b.paid, b.may_have_grants AND NOT b.from_cache AS from_rows,
         t.inserted, s.unpriced, s.holds
 ),
 alerted AS (
@@ -221,12 +247,13 @@ SELECT coalesce(sum(inserted), 0)::bigint AS inserted,
     (SELECT count(*) FROM alerted) AS alerts,
     (SELECT array_agg(DISTINCT organization_id) FROM input
         WHERE organization_id NOT IN (SELECT organization_id FROM locked)) AS unknown_orgs,
-    -- Organizations whose usage went beyond the plan and that may hold live grants: the
-    -- burn statement (biz2bricks_core.credits.BURN) charges them, in this transaction.
+    coalesce(sum(paid), 0)::bigint AS paid,
+    -- Organizations whose usage went beyond the plan and whose cache could not pay: the
+    -- grant rows pay (biz2bricks_core.credits.BURN), in this transaction.
     array_agg(organization_id ORDER BY organization_id)
-        FILTER (WHERE beyond_plan > 0 AND may_have_grants) AS burn_orgs,
+        FILTER (WHERE beyond_plan > 0 AND from_rows) AS burn_orgs,
     array_agg(beyond_plan ORDER BY organization_id)
-        FILTER (WHERE beyond_plan > 0 AND may_have_grants) AS burn_tokens
+        FILTER (WHERE beyond_plan > 0 AND from_rows) AS burn_tokens
 FROM updated
 """
 
@@ -257,11 +284,12 @@ async def record_events(conn: Any, events: Sequence[UsageEvent], prices: PriceBo
     """Store and count ``events`` on ``conn`` (an asyncpg connection in a transaction)."""
     *params, unpriced_of = event_params(events, prices)
     row = await conn.fetchrow(INSERT_AND_COUNT, *params)
-    inserted, unpriced, settled, alerts, unknown_orgs, burn_orgs, burn_tokens = row
-    consumed = 0
-    if burn_orgs:
+    inserted, unpriced, settled, alerts, unknown_orgs, paid, burn_orgs, burn_tokens = row
+    consumed = int(paid)
+    if burn_orgs:  # the rows pay: first what they owe and the expiries, then this batch's
+        await refresh_grants(conn, burn_orgs)
         burned = await conn.fetch(BURN, burn_orgs, burn_tokens)
-        consumed = sum(int(r["tokens"]) for r in burned)
+        consumed += sum(int(r["tokens"]) for r in burned)
     unknown = frozenset(unknown_orgs or ())
     return Recorded(
         inserted=int(inserted),

@@ -65,8 +65,12 @@ SELECT * FROM (
     GROUP BY s.period_start, c.kind, e.provider, e.model
 ) a ORDER BY belongs_to, kind, provider, model
 """
+# The period's consume rows less its restores, and what the batch path paid from the grants'
+# cache in the period that the grants still owe (biz2bricks_core.credits.owed).
 CONSUMED: Final = (
     "SELECT coalesce(sum(CASE WHEN kind = 'consume' THEN tokens ELSE -tokens END), 0)"
+    " + coalesce((SELECT grants_pending FROM usage_limits WHERE organization_id = $1"
+    "   AND grants_pending_period = $2), 0)"
     " FROM credit_ledger WHERE organization_id = $1 AND period_start = $2"
     " AND kind IN ('consume', 'restore')"
 )

@@ -42,6 +42,7 @@ class UsageLimitsModel(Base):
         CheckConstraint("storage_used_bytes >= 0", name="storage_nonnegative"),
         CheckConstraint("grants_consumed_period >= 0", name="grants_consumed_nonnegative"),
         CheckConstraint("grants_remaining >= 0", name="grants_remaining_nonnegative"),
+        CheckConstraint("grants_pending >= 0", name="grants_pending_nonnegative"),
         CheckConstraint("tokens_reserved >= 0", name="reserved_nonnegative"),
         CheckConstraint("period_end > period_start", name="period_ordered"),
         CheckConstraint("period_unit IN ('month', 'year')", name="period_unit_known"),
@@ -74,6 +75,12 @@ class UsageLimitsModel(Base):
     grants_consumed_period: Mapped[int] = mapped_column(BigInteger, server_default="0")
     grants_remaining: Mapped[int] = mapped_column(BigInteger, server_default="0")
     grants_next_change: Mapped[datetime | None]
+    # What the batch path paid from that cache and has not yet taken from the grant rows or
+    # written to the ledger, the period it was paid in, and when the cache was computed (the
+    # grants live then owe it, in burn order: biz2bricks_core.credits.owed).
+    grants_pending: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    grants_pending_period: Mapped[datetime | None]
+    grants_cached_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
