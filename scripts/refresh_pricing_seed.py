@@ -2,10 +2,11 @@
 
 Every token-priced model of every provider genai-prices knows, with its price history, its
 long-context tiers and its price variants (batch, service tiers, speed, route), plus the
-reviewed operator supplements (biz2bricks_core.price_supplements), as ``model_pricing`` rows (see biz2bricks_core.price_catalogue). The file
-is named for the genai-prices version; review its diff, then apply it with a migration that
-calls ``sync_catalogue`` on it (0004_price_catalogue.py is the example): rows whose prices
-changed are retired and replaced, never updated, so stored costs stay reproducible.
+reviewed operator supplements (biz2bricks_core.price_supplements), as ``model_pricing``
+rows (see biz2bricks_core.price_catalogue). The file is named for the genai-prices version
+and the row format; review its diff, then apply it with a migration that calls
+``sync_catalogue`` on it (0011_price_context.py is the example): rows whose prices changed
+are retired and replaced, never updated, so stored costs stay reproducible.
 
 To refresh: bump genai-prices (the pin in shared_models/pyproject.toml), run
     uv run python scripts/refresh_pricing_seed.py

@@ -59,9 +59,7 @@ async def test_sql_cost_equals_python_cost_on_every_row_shape_and_token_mix(
     )
     differences = []
     async with db.engine.connect() as conn:
-        for price, (inp, out, read, write, write_1h, searches) in itertools.product(
-            PRICES, TOKENS
-        ):
+        for price, (inp, out, read, write, write_1h, searches) in itertools.product(PRICES, TOKENS):
             params = {
                 "inp": inp,
                 "out": out,

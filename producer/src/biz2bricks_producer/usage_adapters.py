@@ -265,7 +265,9 @@ def _context(body: Mapping[str, Any], batch: bool) -> ContextFields:
     output = body.get("output")
     if isinstance(output, list):  # OpenAI Responses: one output item per web search call
         searches += sum(
-            1 for item in output if isinstance(item, Mapping) and item.get("type") == "web_search_call"
+            1
+            for item in output
+            if isinstance(item, Mapping) and item.get("type") == "web_search_call"
         )
     if searches:
         found["web_search_requests"] = searches
@@ -282,4 +284,4 @@ def context_fields(response: Any) -> ContextFields:
 def usage_fields(response: Any) -> UsageFields:
     """Token and price-context fields of a response, batch result line or usage object."""
     body, batch = _unwrap_batch(_as_mapping(response))
-    return UsageFields(**_tokens(body), **_context(body, batch))  # type: ignore[typeddict-item]
+    return UsageFields(**_tokens(body), **_context(body, batch))

@@ -24,9 +24,9 @@ from biz2bricks_core.errors import (
 )
 from biz2bricks_core.event_ids import new_event_id
 from biz2bricks_core.events import UsageEvent, validate_event
-from biz2bricks_core.pricing import variant_fields
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
+from biz2bricks_core.pricing import variant_fields
 from biz2bricks_core.recording import record_events
 
 __all__ = ["AMENDABLE", "amend_event"]

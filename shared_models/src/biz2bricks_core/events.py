@@ -65,7 +65,8 @@ OptionalText = Annotated[str | None, Field(default=None, max_length=200)]
 # A price-context value as providers report it (``batch``, ``flex``, ``us``, ``mistral/eu``):
 # lower case, no spaces; biz2bricks_core.pricing.price_variant composes the row key from it.
 ContextValue = Annotated[
-    str | None, Field(default=None, min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_./:-]*$")
+    str | None,
+    Field(default=None, min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_./:-]*$"),
 ]
 
 

@@ -2,8 +2,9 @@
 
 ``catalogue_rows`` turns the genai-prices data into rows (one per model, price variant, price
 version and long-context tier), plus the reviewed operator supplements of
-``price_supplements`` for what genai-prices lacks; ``scripts/refresh_pricing_seed.py`` writes them to a data file that is
-reviewed in git, and a migration applies that file with ``sync_catalogue``.
+``price_supplements`` for what genai-prices lacks; ``scripts/refresh_pricing_seed.py``
+writes them to a data file that is reviewed in git, and a migration applies that file with
+``sync_catalogue``.
 
 Rows are never changed in place, so an event's cost stays reproducible from the row its
 ``pricing_id`` names: a price that changed gets a new row and the old one is retired
@@ -187,8 +188,7 @@ def _variant_rows(provider: str, model: Any, source: str) -> list[dict[str, Any]
         if any(isinstance(v.constraint, types.TimeOfDateConstraint) for v in variants):
             continue
         starts = {
-            EPOCH if v.constraint is None else _midnight(v.constraint.start_date)
-            for v in variants
+            EPOCH if v.constraint is None else _midnight(v.constraint.start_date) for v in variants
         }
         first = min(starts)
         previous: Any = None
@@ -245,7 +245,7 @@ def sync_catalogue(conn: sa.Connection, rows: Iterable[Mapping[str, Any]]) -> di
     prices = tuple(c for c in PRICE_COLUMNS if c in sample)
     table = _pricing_table((*keys, *prices))
 
-    def price_values(row: Mapping[str, Any]) -> tuple[Decimal | None, ...]:
+    def price_values(row: Mapping[str, Any] | sa.RowMapping) -> tuple[Decimal | None, ...]:
         return tuple(None if row[c] is None else Decimal(row[c]).normalize() for c in prices)
 
     live = {

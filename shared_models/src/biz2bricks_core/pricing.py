@@ -107,7 +107,7 @@ def variant_fields(variant: str) -> dict[str, str]:
     """The price-context fields a variant string was made of (``price_variant``'s inverse)."""
     if not variant:
         return {}
-    return dict(part.split("=", 1) for part in variant.split(";"))  # type: ignore[misc]
+    return dict(part.split("=", 1) for part in variant.split(";"))
 
 
 @dataclass(frozen=True, slots=True)
