@@ -79,13 +79,20 @@ def chunks(items: list[UsageEvent], size: int) -> list[list[UsageEvent]]:
 
 
 def realistic(items: list[UsageEvent]) -> list[UsageEvent]:
-    """The events with the spellings applications send, and some long-context calls."""
+    """The events with the spellings applications send, some long-context calls, and price
+    contexts: a quarter batch, a seventh flex, a ninth with web searches."""
     out = []
     for i, e in enumerate(items):
         provider, model, _, _ = NAMES[i % len(NAMES)]
         update: dict[str, object] = {"provider": provider, "model": model}
         if i % 10 == 0:
             update["input_tokens"] = 250_000 + i % 50_000
+        if i % 4 == 1:
+            update["processing"] = "batch"
+        elif i % 7 == 2:
+            update["service_tier"] = "flex"
+        if i % 9 == 3:
+            update["web_search_requests"] = 2
         out.append(e.model_copy(update=update))
     return out
 

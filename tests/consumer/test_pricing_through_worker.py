@@ -2,8 +2,9 @@
 
 Every name in tests/pricing/cases.py, times four token mixes (plain, cache reads, 5-minute and
 1-hour cache writes, a long context over the tier thresholds), goes through the emulator and
-the worker; each stored cost must equal ``genai_prices.calc_price`` within 1e-6 relative, and
-be reproducible from the model_pricing row the event names.
+the worker; each stored cost must equal ``genai_prices.calc_price`` within 1e-6 relative (or,
+for Claude Sonnet 4 above 200K input tokens, which genai-prices 0.2.3 lacks, Anthropic's
+published long-context price), and be reproducible from the model_pricing row the event names.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from biz2bricks_consumer.worker import Worker
 from biz2bricks_core import DatabaseManager, UsageEvent
 from biz2bricks_core.models import ModelPricingModel
 from biz2bricks_core.price_rows import to_token_price
+from biz2bricks_core.price_supplements import SUPPLEMENTS
 from biz2bricks_core.pricing import event_cost
 from biz2bricks_producer import ProducerSettings, UsageProducer
 from tests.conftest import PubSubNames
@@ -32,6 +34,30 @@ from tests.pricing.cases import MIXES, NAMES, UNPRICED
 from tests.pricing.recorded_usage import RECORDED
 
 RELATIVE = Decimal("1e-6")
+
+
+def _published(provider: str, model: str, event: UsageEvent) -> Decimal | None:
+    """The provider's published price where genai-prices lacks a tier (named in
+    biz2bricks_core.price_supplements: Claude Sonnet 4 above 200K input tokens), computed here
+    from the page's figures; None where genai-prices has the price."""
+    for tier in SUPPLEMENTS:
+        if (tier.provider, tier.model) != (provider, model):
+            continue
+        if event.input_tokens <= tier.above_input_tokens:
+            return None
+        assert tier.cache_read_per_mtok is not None
+        assert tier.cache_write_per_mtok is not None
+        assert tier.cache_write_1h_per_mtok is not None
+        cached = event.cache_read_tokens + event.cache_write_tokens + event.cache_write_1h_tokens
+        per_mtok = (
+            (event.input_tokens - cached) * tier.input_per_mtok
+            + event.cache_read_tokens * tier.cache_read_per_mtok
+            + event.cache_write_tokens * tier.cache_write_per_mtok
+            + event.cache_write_1h_tokens * tier.cache_write_1h_per_mtok
+            + event.output_tokens * tier.output_per_mtok
+        )
+        return per_mtok / 1_000_000
+    return None
 
 
 def _expected(provider: str, model: str, event: UsageEvent) -> Decimal:
@@ -43,7 +69,10 @@ def _expected(provider: str, model: str, event: UsageEvent) -> Decimal:
         cache_write_tokens=event.cache_write_tokens,
         cache_write_1h_tokens=event.cache_write_1h_tokens,
     )
-    return calc_price(usage, model, provider_id=provider, genai_request_timestamp=at).total_price
+    price = calc_price(usage, model, provider_id=provider, genai_request_timestamp=at)
+    # The name as genai-prices resolves it (a dated id or an alias of claude-sonnet-4-0)
+    published = _published(provider, price.model.id, event)
+    return price.total_price if published is None else published
 
 
 async def _stored(db: DatabaseManager, org: uuid.UUID) -> dict[uuid.UUID, Any]:

@@ -401,8 +401,13 @@ async def test_an_event_before_year_one_in_utc_is_rejected_and_its_redelivery_do
 def test_the_batch_statement_reads_every_field_of_the_event() -> None:
     # A field added to UsageEvent must reach the statement too (or be left out on purpose)
     read = [name for name, _ in INPUT_COLUMNS]
-    assert read[: len(UsageEvent.model_fields)] == list(UsageEvent.model_fields)
-    assert read[len(UsageEvent.model_fields) :] == ["pricing_id", "unpriced_reason"]
+    # On purpose: the four price-context fields reach it composed as one price_variant.
+    context = {"processing", "service_tier", "speed", "route"}
+    fields = [f for f in UsageEvent.model_fields if f not in context]
+    at = fields.index("web_search_requests")
+    fields[at:at] = ["price_variant"]
+    assert read[: len(fields)] == fields
+    assert read[len(fields) :] == ["pricing_id", "unpriced_reason"]
 
 
 async def test_values_arrive_as_sent(db: DatabaseManager, writer: BatchWriter) -> None:

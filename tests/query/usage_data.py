@@ -38,7 +38,7 @@ MODELS = [
 # Loaded back after writing: the query's truth is the rows the consumer stored.
 STORED = text(
     "SELECT occurred_at, provider, model, user_id, operation, input_tokens, output_tokens,"
-    " cache_read_tokens, cache_write_tokens, cost_usd FROM usage_events"
+    " cache_read_tokens, cache_write_tokens, cost_usd, price_variant FROM usage_events"
     " WHERE organization_id = :o AND voided_at IS NULL ORDER BY occurred_at"
 )
 
@@ -57,6 +57,8 @@ class Event:
     cache_read_tokens: int
     cache_write_tokens: int
     cost_usd: Decimal | None
+    # The price context (biz2bricks_core.pricing.price_variant): "" for a standard call.
+    price_variant: str = ""
 
     def dimension(self, name: str) -> str | None:
         value = getattr(self, name)
@@ -85,6 +87,8 @@ def random_events(rng: random.Random, first: datetime, last: datetime, n: int) -
                 cache_read_tokens=cache_read,
                 cache_write_tokens=rng.randint(0, input_tokens - cache_read),
                 cost_usd=None,
+                # Some calls through the providers' batch APIs: their own price rows.
+                price_variant=rng.choice(["", "", "", "processing=batch"]),
             )
         )
     return out
@@ -106,6 +110,7 @@ async def insert_events(db: DatabaseManager, org: uuid.UUID, events: Iterable[Ev
             output_tokens=e.output_tokens,
             cache_read_tokens=e.cache_read_tokens,
             cache_write_tokens=e.cache_write_tokens,
+            processing="batch" if e.price_variant == "processing=batch" else None,
         )
         for e in events
     ]

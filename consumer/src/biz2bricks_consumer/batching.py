@@ -184,6 +184,12 @@ def conflict_reason(stored: Mapping[str, object], received: UsageEvent) -> str |
         same = json_value(before) == json_value(after) if name == "metadata" else before == after
         if not same:
             differences.append(f"{name}: stored {_short(before)}, received {_short(after)}")
+    # The price context is stored as one variant string (processing, service_tier, ...).
+    stored_variant = stored.get("price_variant")
+    if stored_variant is not None and stored_variant != received.price_variant:
+        differences.append(
+            f"price_variant: stored {stored_variant!r}, received {received.price_variant!r}"
+        )
     if not differences:
         return None
     return f"event_id: {received.event_id} already stored with other content; " + "; ".join(

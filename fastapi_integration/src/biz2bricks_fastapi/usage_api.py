@@ -40,7 +40,7 @@ from biz2bricks_fastapi._integration import UsageDep
 
 __all__ = ["usage_router"]
 
-Dimension = Literal["provider", "model", "user_id", "operation"]
+Dimension = Literal["provider", "model", "user_id", "operation", "price_variant"]
 ASSETS: Final = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 _LATEST_ALERTS = text(
     "SELECT id, period_start, metric, threshold_pct, used, allowance, created_at, published_at"

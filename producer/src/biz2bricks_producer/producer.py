@@ -27,7 +27,7 @@ from biz2bricks_producer._pipeline import Pipeline
 from biz2bricks_producer.metrics import ProducerMetrics
 from biz2bricks_producer.settings import ProducerSettings
 from biz2bricks_producer.spool import Spool
-from biz2bricks_producer.usage_adapters import token_fields
+from biz2bricks_producer.usage_adapters import usage_fields
 
 log = logging.getLogger("biz2bricks_producer")
 
@@ -76,12 +76,21 @@ class UsageProducer:
         metadata: dict[str, Any] | None = None,
         event_id: uuid.UUID | str | None = None,
         reservation_id: uuid.UUID | str | None = None,
+        processing: str | None = None,
+        service_tier: str | None = None,
+        speed: str | None = None,
+        route: str | None = None,
+        web_search_requests: int = 0,
     ) -> uuid.UUID:
         """Record one LLM call's tokens; returns its event_id (the idempotency key).
 
         A retry with the same ``event_id`` is counted once. ``reservation_id`` (from
-        ``UsageService.reserve_tokens``) settles that hold when the event is stored. Invalid
-        arguments are logged, counted as rejected and dropped (``ValueError`` with ``strict``).
+        ``UsageService.reserve_tokens``) settles that hold when the event is stored. The
+        price context selects the price: ``processing="batch"`` for a provider's batch API,
+        ``service_tier`` (``"flex"``, ``"priority"``, ...), ``speed`` (``"fast"``), ``route``
+        (a region such as Anthropic's ``inference_geo``, or a gateway route), and
+        ``web_search_requests`` billed per request. Invalid arguments are logged, counted as
+        rejected and dropped (``ValueError`` with ``strict``).
         """
         fields = {
             "event_id": event_id if event_id is not None else new_event_id(),
@@ -99,6 +108,11 @@ class UsageProducer:
             "request_id": request_id,
             "metadata": metadata,
             "reservation_id": reservation_id,
+            "processing": processing,
+            "service_tier": service_tier,
+            "speed": speed,
+            "route": route,
+            "web_search_requests": web_search_requests,
         }
         try:
             event = validate_event(fields)
@@ -121,22 +135,26 @@ class UsageProducer:
         usage: Any,
         **fields: Any,
     ) -> uuid.UUID:
-        """Record one LLM call from its provider's usage object (or its dict).
+        """Record one LLM call from its provider's usage object or whole response (or dict).
 
         OpenAI Chat and Responses, Anthropic Messages, Bedrock Converse and Gemini usage are
         mapped onto the contract (see usage_adapters: Anthropic's input excludes cache reads
-        and writes, Gemini's thinking tokens are output). ``fields`` are the other keywords
-        of ``record_tokens`` (user_id, operation, request_id, occurred_at, metadata, ...).
+        and writes, Gemini's thinking tokens are output), from any object shape; an unknown
+        shape is a reject, never zero tokens. A whole response or batch result line also
+        gives the price context (service tier, batch, web searches). ``fields`` are the other
+        keywords of ``record_tokens`` (user_id, operation, request_id, occurred_at, metadata,
+        processing, service_tier, ...); they win over what the response names.
         """
         try:
-            tokens = token_fields(usage)
+            tokens = usage_fields(usage)
         except InvalidEventError as error:
             return self._reject(fields.get("event_id") or uuid.uuid4(), error.reason)
         except Exception as error:  # never into the caller: bad data is counted, not raised
             reason = f"usage: {type(error).__name__}: {error}"
             return self._reject(fields.get("event_id") or uuid.uuid4(), reason)
+        merged: dict[str, Any] = {**tokens, **fields}
         return self.record_tokens(
-            organization_id=organization_id, provider=provider, model=model, **tokens, **fields
+            organization_id=organization_id, provider=provider, model=model, **merged
         )
 
     def _reject(self, event_id: object, reason: str) -> uuid.UUID:

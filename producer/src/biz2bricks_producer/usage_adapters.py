@@ -17,16 +17,30 @@ give the same fields on recorded responses. The differences that matter for bill
 - Google Gemini (``usage_metadata``, snake or camel case): ``prompt_token_count`` includes
   ``cached_content_token_count``; ``thoughts_token_count`` is billed as output and
   ``tool_use_prompt_token_count`` as input.
+
+Any object shape is read the same way: mappings, pydantic models (the SDKs'), dataclasses and
+attribute objects (``SimpleNamespace``, wrappers) are turned into plain mappings all the way
+down (``_plain``), so nested counts (cached tokens, 1-hour cache writes) are read whatever the
+shape. A value that is none of these is an unknown shape and raises InvalidEventError: never
+a silent zero.
+
+The price context (``context_fields``) comes from the same objects: a response's or usage's
+``service_tier`` (OpenAI: ``default``, ``flex``, ``priority``; Anthropic: ``standard``,
+``priority``, ``batch``), Anthropic's ``speed`` and ``inference_geo``, web-search requests
+(Anthropic ``server_tool_use.web_search_requests``, OpenAI Responses ``web_search_call``
+output items), and batch results (an OpenAI batch output line ``{"response": {"body": ..}}``,
+an Anthropic batch result ``{"result": {"message": ..}}``), which are ``processing=batch``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, TypedDict
+from typing import Any, Final, TypedDict
 
 from biz2bricks_core.errors import InvalidEventError
 
-__all__ = ["TokenFields", "token_fields"]
+__all__ = ["ContextFields", "TokenFields", "context_fields", "token_fields", "usage_fields"]
 
 
 class TokenFields(TypedDict):
@@ -39,19 +53,48 @@ class TokenFields(TypedDict):
     cache_write_1h_tokens: int
 
 
-def _as_mapping(usage: Any) -> Mapping[str, Any]:
-    """A dict of the usage: SDK objects are pydantic models (or have ``to_dict``)."""
-    if isinstance(usage, Mapping):
-        return usage
-    for method in ("model_dump", "to_dict"):
-        dump = getattr(usage, method, None)
+_SCALARS: Final = (str, int, float, bool, type(None))
+# Deeper than any provider's usage: a cycle or a runaway object, not a usage.
+_MAX_DEPTH: Final = 12
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain mappings, lists and scalars, whatever object shape carries it."""
+    if isinstance(value, _SCALARS):
+        return value
+    if depth > _MAX_DEPTH:
+        raise InvalidEventError("usage: nested deeper than any provider's usage object")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, depth + 1) for v in value]
+    for method in ("model_dump", "to_dict"):  # pydantic models (the SDKs'), their wrappers
+        dump = getattr(value, method, None)
         if callable(dump):
             dumped = dump()
             if isinstance(dumped, Mapping):
-                return dumped
-    if hasattr(usage, "__dict__"):
-        return {k: v for k, v in vars(usage).items() if not k.startswith("_")}
-    raise InvalidEventError(f"usage: {type(usage).__name__} is neither a mapping nor an SDK object")
+                return _plain(dumped, depth + 1)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)
+        }
+    attributes = getattr(value, "__dict__", None)
+    if isinstance(attributes, dict) and not isinstance(value, type):
+        return {k: _plain(v, depth + 1) for k, v in attributes.items() if not k.startswith("_")}
+    raise InvalidEventError(
+        f"usage: unknown shape {type(value).__name__} (not a mapping, pydantic model, "
+        "dataclass or attribute object)"
+    )
+
+
+def _as_mapping(usage: Any) -> Mapping[str, Any]:
+    """A plain dict of the usage (InvalidEventError when it is no object at all)."""
+    plain = _plain(usage)
+    if not isinstance(plain, Mapping):
+        raise InvalidEventError(
+            f"usage: {type(usage).__name__} is neither a mapping nor an SDK object"
+        )
+    return plain
 
 
 def _int(usage: Mapping[str, Any], *path: str) -> int:
@@ -142,17 +185,103 @@ _SHAPES: list[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], TokenFields]]
 ]
 
 
+def _usage_of(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The usage inside a whole response body (or a Gemini response), else the mapping."""
+    for nested in ("usage", "usage_metadata", "usageMetadata"):
+        inner = mapping.get(nested)
+        if isinstance(inner, Mapping):
+            return inner
+    return mapping
+
+
+def _unwrap_batch(mapping: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
+    """The response inside a batch result line, and whether it was one."""
+    response = mapping.get("response")
+    if isinstance(response, Mapping) and isinstance(response.get("body"), Mapping):
+        return response["body"], True  # OpenAI batch output line
+    result = mapping.get("result")
+    if isinstance(result, Mapping) and isinstance(result.get("message"), Mapping):
+        return result["message"], True  # Anthropic message batch result
+    return mapping, False
+
+
+def _tokens(mapping: Mapping[str, Any]) -> TokenFields:
+    usage = _usage_of(mapping)
+    for keys, adapter in _SHAPES:
+        if any(key in usage for key in keys):
+            return adapter(usage)
+    raise InvalidEventError(f"usage: unknown shape with keys {sorted(usage)[:10]}")
+
+
 def token_fields(usage: Any) -> TokenFields:
     """The contract's token fields of a provider usage object or dict (InvalidEventError if
     its shape is not one of the known APIs)."""
-    mapping = _as_mapping(usage)
-    # A whole response body (or the Gemini response) carries usage one level down.
-    for nested in ("usage", "usage_metadata", "usageMetadata"):
-        inner = mapping.get(nested)
-        if isinstance(inner, Mapping) or (inner is not None and not isinstance(inner, int)):
-            mapping = _as_mapping(inner)
-            break
-    for keys, adapter in _SHAPES:
-        if any(key in mapping for key in keys):
-            return adapter(mapping)
-    raise InvalidEventError(f"usage: unknown shape with keys {sorted(mapping)[:10]}")
+    return _tokens(_unwrap_batch(_as_mapping(usage))[0])
+
+
+class ContextFields(TypedDict, total=False):
+    """The price-context keywords of ``UsageProducer.record_tokens`` a response names."""
+
+    processing: str
+    service_tier: str
+    speed: str
+    route: str
+    web_search_requests: int
+
+
+class UsageFields(TokenFields, ContextFields):
+    """Token and price-context keywords of ``record_tokens``."""
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEventError(f"usage.{name}: {value!r} is not a string")
+    return value.strip().lower() or None
+
+
+def _context(body: Mapping[str, Any], batch: bool) -> ContextFields:
+    usage = _usage_of(body)
+    found = ContextFields()
+    tier = _text(usage.get("service_tier"), "service_tier") or _text(
+        body.get("service_tier"), "service_tier"
+    )
+    if tier == "batch":  # Anthropic reports a batch result's tier as "batch"
+        batch, tier = True, None
+    if batch:
+        found["processing"] = "batch"
+    if tier is not None:
+        found["service_tier"] = tier
+    speed = _text(usage.get("speed"), "speed") or _text(body.get("speed"), "speed")
+    if speed is not None:
+        found["speed"] = speed
+    geo = _text(usage.get("inference_geo"), "inference_geo") or _text(
+        body.get("inference_geo"), "inference_geo"
+    )
+    if geo is not None:
+        found["route"] = geo
+    searches = _int(usage, "server_tool_use", "web_search_requests")
+    output = body.get("output")
+    if isinstance(output, list):  # OpenAI Responses: one output item per web search call
+        searches += sum(
+            1
+            for item in output
+            if isinstance(item, Mapping) and item.get("type") == "web_search_call"
+        )
+    if searches:
+        found["web_search_requests"] = searches
+    return found
+
+
+def context_fields(response: Any) -> ContextFields:
+    """The price context a response, batch result line or usage object names (empty for a
+    standard call)."""
+    body, batch = _unwrap_batch(_as_mapping(response))
+    return _context(body, batch)
+
+
+def usage_fields(response: Any) -> UsageFields:
+    """Token and price-context fields of a response, batch result line or usage object."""
+    body, batch = _unwrap_batch(_as_mapping(response))
+    return UsageFields(**_tokens(body), **_context(body, batch))

@@ -33,7 +33,8 @@ from biz2bricks_rollup.rollup import day_bounds, run_rollup
 BATCH_SIZE: Final = 1_000
 
 SELECT_EVENTS = """
-SELECT event_id, organization_id, occurred_at, provider, model, input_tokens
+SELECT event_id, organization_id, occurred_at, provider, model, input_tokens, price_variant,
+    web_search_requests
 FROM usage_events
 WHERE occurred_at >= $1::timestamptz AND occurred_at < $2::timestamptz
     AND (NOT $3::boolean OR cost_usd IS NULL) AND voided_at IS NULL
@@ -149,7 +150,14 @@ def resolve(book: PriceBook, rows: Sequence[Any]) -> tuple[list[int | None], lis
     ids: list[int | None] = []
     reasons: list[str | None] = []
     for r in rows:
-        found = book.lookup(r["provider"], r["model"], r["occurred_at"], r["input_tokens"])
+        found = book.lookup(
+            r["provider"],
+            r["model"],
+            r["occurred_at"],
+            r["input_tokens"],
+            r["price_variant"],
+            r["web_search_requests"],
+        )
         ids.append(None if found.price is None else found.price.id)
         reasons.append(found.reason)
     return ids, reasons

@@ -73,34 +73,36 @@ ROLLUP_DAY = text(
     f"""
 WITH fine AS (
     -- One scan of the day's events at the finest grain; every summary row derives from it.
-    SELECT organization_id, provider, model, user_id, operation, count(*) AS request_count,
+    SELECT organization_id, provider, model, price_variant, user_id, operation,
+        count(*) AS request_count,
         sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
         sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
         -- The cost of the priced events; unpriced_count says how many it leaves out.
         coalesce(sum(cost_usd), 0) AS cost_usd, {unpriced_count_sql("cost_usd")} AS unpriced_count
     FROM usage_events
     WHERE occurred_at >= :start AND occurred_at < :end AND voided_at IS NULL
-    GROUP BY organization_id, provider, model, user_id, operation
+    GROUP BY organization_id, provider, model, price_variant, user_id, operation
 ),
 agg AS (
-    SELECT organization_id, provider, model, {_RESUM}
-    FROM fine GROUP BY organization_id, provider, model
+    SELECT organization_id, provider, model, price_variant, {_RESUM}
+    FROM fine GROUP BY organization_id, provider, model, price_variant
 ),
 written AS (
     INSERT INTO usage_daily_summaries AS s (organization_id, day, provider, model,
-        request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-        cost_usd, unpriced_count, updated_at)
-    SELECT organization_id, :day, provider, model, request_count, input_tokens, output_tokens,
-        cache_read_tokens, cache_write_tokens, cost_usd, unpriced_count, now()
+        price_variant, request_count, input_tokens, output_tokens, cache_read_tokens,
+        cache_write_tokens, cost_usd, unpriced_count, updated_at)
+    SELECT organization_id, :day, provider, model, price_variant, request_count, input_tokens,
+        output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, unpriced_count, now()
     FROM agg
-    ON CONFLICT (organization_id, day, provider, model) {_refresh_figures("s")}
+    ON CONFLICT (organization_id, day, provider, model, price_variant) {_refresh_figures("s")}
     RETURNING 1
 ),
 removed AS (
     DELETE FROM usage_daily_summaries s
     WHERE s.day = :day AND NOT EXISTS (
         SELECT 1 FROM agg a WHERE a.organization_id = s.organization_id
-            AND a.provider = s.provider AND a.model = s.model)
+            AND a.provider = s.provider AND a.model = s.model
+            AND a.price_variant = s.price_variant)
     RETURNING 1
 ),
 parts AS (
@@ -113,8 +115,10 @@ parts AS (
     SELECT organization_id, {OPERATION}, NULL, NULL, CAST(NULL AS uuid), operation, {_RESUM}
     FROM fine WHERE operation IS NOT NULL GROUP BY organization_id, operation
     UNION ALL
-    SELECT organization_id, {FULL}, provider, model, user_id, operation, {_SUMS} FROM fine
+    -- Breakdowns do not keep the price variant: its calls are summed here.
+    SELECT organization_id, {FULL}, provider, model, user_id, operation, {_RESUM} FROM fine
     WHERE user_id IS NOT NULL OR operation IS NOT NULL
+    GROUP BY organization_id, provider, model, user_id, operation
 ),
 parts_written AS (
     INSERT INTO usage_daily_breakdowns AS b (organization_id, day, dimensions, provider, model,

@@ -26,6 +26,7 @@ from biz2bricks_core.event_ids import new_event_id
 from biz2bricks_core.events import UsageEvent, validate_event
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
+from biz2bricks_core.pricing import variant_fields
 from biz2bricks_core.recording import record_events
 
 __all__ = ["AMENDABLE", "amend_event"]
@@ -106,6 +107,7 @@ async def amend_event(
 def _amended(original: Any, changes: dict[str, Any]) -> UsageEvent:
     """The replacing event: the original's fields with ``changes``, a new id, no hold."""
     fields = {name: original[name] for name in UsageEvent.model_fields if name in original}
+    fields.update(variant_fields(original["price_variant"] or ""))
     if isinstance(fields.get("metadata"), str):
         fields["metadata"] = json.loads(fields["metadata"], parse_float=Decimal)
     fields.update(changes, event_id=new_event_id(), reservation_id=None)

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from biz2bricks_core.errors import InvalidEventError
+from biz2bricks_core.pricing import price_variant
 
 __all__ = [
     "EARLIEST_OCCURRED_AT",
@@ -61,6 +62,12 @@ MAX_TOKENS_PER_EVENT: Final = 100_000_000
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_PER_EVENT)]
 Label = Annotated[str, Field(min_length=1, max_length=100)]
 OptionalText = Annotated[str | None, Field(default=None, max_length=200)]
+# A price-context value as providers report it (``batch``, ``flex``, ``us``, ``mistral/eu``):
+# lower case, no spaces; biz2bricks_core.pricing.price_variant composes the row key from it.
+ContextValue = Annotated[
+    str | None,
+    Field(default=None, min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_./:-]*$"),
+]
 
 
 class UsageEvent(BaseModel):
@@ -90,6 +97,13 @@ class UsageEvent(BaseModel):
     metadata: dict[str, Any] | None = None
     # The token hold (UsageService.reserve_tokens) this call settles.
     reservation_id: UUID | None = None
+    # The call's price context (each selects the catalogue's variant rows; None: standard).
+    processing: ContextValue = None  # "batch" for a provider's batch API
+    service_tier: ContextValue = None  # "flex", "priority", "default", ...
+    speed: ContextValue = None  # "fast" (Anthropic fast mode)
+    route: ContextValue = None  # region or route: Anthropic inference_geo, OpenRouter route
+    # Server-side tool use billed per request.
+    web_search_requests: TokenCount = 0
 
     @field_validator("metadata")
     @classmethod
@@ -102,6 +116,11 @@ class UsageEvent(BaseModel):
             if size > MAX_METADATA_BYTES:
                 raise ValueError(f"is {size} bytes serialized, over {MAX_METADATA_BYTES}")
         return value
+
+    @property
+    def price_variant(self) -> str:
+        """The price context as the key of the rows that price it ("" standard)."""
+        return price_variant(self.processing, self.service_tier, self.speed, self.route)
 
     @property
     def total_tokens(self) -> int:
@@ -191,6 +210,9 @@ def _reason(error: ValidationError) -> str:
     return storable_text("; ".join(parts))
 
 
+_ZERO_OMITTED: Final = ("cache_write_1h_tokens", "web_search_requests")
+
+
 def event_attributes(event: UsageEvent) -> dict[str, str]:
     """Pub/Sub attributes of an event's message."""
     return {
@@ -203,7 +225,7 @@ def event_attributes(event: UsageEvent) -> dict[str, str]:
 def encode_event(event: UsageEvent) -> tuple[bytes, dict[str, str]]:
     """The message body (compact JSON) and attributes of an event."""
     # Left out when 0, so that consumers deployed before the field existed accept the body.
-    omit = None if event.cache_write_1h_tokens else {"cache_write_1h_tokens"}
+    omit = {f for f in _ZERO_OMITTED if not getattr(event, f)} or None
     body = event.model_dump_json(exclude_none=True, exclude=omit).encode()
     if len(body) > MAX_BODY_BYTES:
         raise InvalidEventError(f"body: {len(body)} bytes, over the {MAX_BODY_BYTES} byte limit")

@@ -68,9 +68,9 @@ def recent_slice(
 
 def breakdown_for(dimensions: set[str]) -> int | None:
     """Which summary answers a query needing ``dimensions`` (grouped or filtered on):
-    None for usage_daily_summaries (provider and model only), else a ``dimensions`` value of
-    usage_daily_breakdowns."""
-    if dimensions <= {"provider", "model"}:
+    None for usage_daily_summaries (provider, model and price variant only), else a
+    ``dimensions`` value of usage_daily_breakdowns."""
+    if dimensions <= {"provider", "model", "price_variant"}:
         return None
     if dimensions == {"user_id"}:
         return USER

@@ -28,6 +28,8 @@ def to_token_price(r: ModelPricingModel) -> TokenPrice:
         id=r.id,
         daily_from_minute=r.daily_from_minute,
         daily_until_minute=r.daily_until_minute,
+        web_search_per_k_usd=r.web_search_per_k_usd,
+        variant=r.variant,
     )
 
 

@@ -18,7 +18,13 @@ How a call is billed, as the providers bill it and as ``genai-prices`` computes 
   call's ``input_tokens`` exceed its ``above_input_tokens`` (0 for the base tier), and the
   chosen tier prices every token of the call ("cliff" pricing, as Anthropic, Google and
   OpenAI bill).
-- ``per_request_usd`` is a flat fee per call, for the few models priced that way.
+- ``per_request_usd`` is a flat fee per call, for the few models priced that way;
+  ``web_search_per_k_usd`` is the fee per 1,000 web-search requests the call made.
+- The call's price context (``price_variant``: batch processing, a service tier, a speed, a
+  region or route) selects rows of its own: a variant row carries the whole price of the
+  call in that context, with the same history and tiers as the standard rows. A call in a
+  context the book has no row for is unpriced (``unknown_variant``), never priced as the
+  standard call; so is a call with web searches whose row has no web-search price.
 - A time-of-day row (DeepSeek's peak and off-peak prices) applies to calls whose UTC time of
   day lies in ``[daily_from_minute, daily_until_minute)`` (wrapping past midnight when from >
   until) and wins over the model's all-day rows, as genai-prices applies it.
@@ -42,8 +48,10 @@ __all__ = [
     "choose_tier",
     "cost_sql",
     "event_cost",
+    "price_variant",
     "unpriced_reason",
     "unpriced_reason_sql",
+    "variant_fields",
 ]
 
 ONE_MILLION: Final = Decimal(1_000_000)
@@ -64,6 +72,42 @@ UNKNOWN_PROVIDER: Final = "unknown_provider"
 UNKNOWN_MODEL: Final = "unknown_model"
 NO_PRICE_ROW: Final = "no_price_row"
 NOT_YET_PRICED: Final = "no_price_at_time"
+UNKNOWN_VARIANT: Final = "unknown_variant"
+NO_TOOL_PRICE: Final = "no_tool_price"
+
+# The price-context keys an event carries, in the order of its variant string, with the
+# values that name the standard price (providers report them; they select no variant).
+VARIANT_KEYS: Final = ("processing", "service_tier", "speed", "route")
+STANDARD_VALUES: Final[dict[str, frozenset[str]]] = {
+    "processing": frozenset({"standard", "sync", "realtime"}),
+    "service_tier": frozenset({"default", "standard", "auto", "on_demand"}),
+    "speed": frozenset({"standard", "normal"}),
+    "route": frozenset({"global"}),
+}
+STANDARD: Final = ""
+
+
+def price_variant(
+    processing: str | None = None,
+    service_tier: str | None = None,
+    speed: str | None = None,
+    route: str | None = None,
+) -> str:
+    """The variant string of a call's price context: ``""`` for the standard price, else its
+    non-standard ``key=value`` pairs joined by ``;`` in VARIANT_KEYS order (``processing=batch``,
+    ``service_tier=flex;speed=fast``). Catalogue rows and events are both keyed by it."""
+    parts = []
+    for key, value in zip(VARIANT_KEYS, (processing, service_tier, speed, route), strict=True):
+        if value is not None and value not in STANDARD_VALUES[key]:
+            parts.append(f"{key}={value}")
+    return ";".join(parts)
+
+
+def variant_fields(variant: str) -> dict[str, str]:
+    """The price-context fields a variant string was made of (``price_variant``'s inverse)."""
+    if not variant:
+        return {}
+    return dict(part.split("=", 1) for part in variant.split(";"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +123,13 @@ class TokenPrice:
     cache_write_per_mtok: Decimal | None = None
     cache_write_1h_per_mtok: Decimal | None = None
     per_request_usd: Decimal | None = None
+    web_search_per_k_usd: Decimal | None = None
     above_input_tokens: int = 0
     origin: Origin = CATALOGUE
     id: int | None = None
     daily_from_minute: int = 0
     daily_until_minute: int = MINUTES_PER_DAY
+    variant: str = STANDARD
 
     @property
     def all_day(self) -> bool:
@@ -104,6 +150,7 @@ def event_cost(
     cache_read_tokens: int = 0,
     cache_write_tokens: int = 0,
     cache_write_1h_tokens: int = 0,
+    web_search_requests: int = 0,
 ) -> Decimal:
     """USD cost of one call priced by ``price``, rounded as the database stores it."""
     if cache_read_tokens + cache_write_tokens > input_tokens:
@@ -128,6 +175,7 @@ def event_cost(
             + write_5m * (write or ZERO)
             + cache_write_1h_tokens * (write_1h or ZERO)
             + output_tokens * price.output_per_mtok
+            + web_search_requests * (price.web_search_per_k_usd or ZERO) * 1000
         ) / ONE_MILLION + (price.per_request_usd or ZERO)
         return total.quantize(COST_QUANTUM)
 
@@ -151,6 +199,7 @@ def cost_sql(event: str, price: str) -> str:
             * coalesce({p}.cache_write_per_mtok, 0)
         + {e}.cache_write_1h_tokens * coalesce({p}.cache_write_1h_per_mtok, 0)
         + {e}.output_tokens * {p}.output_per_mtok
+        + {e}.web_search_requests * coalesce({p}.web_search_per_k_usd, 0) * 1000
     ) / 1000000 + coalesce({p}.per_request_usd, 0)"""
 
 
@@ -214,15 +263,19 @@ class _Versions:
         return choose_tier(self.tiers[index], input_tokens) if index >= 0 else None
 
 
-def _index(prices: Iterable[TokenPrice]) -> dict[Key, _Versions]:
-    grouped: dict[Key, dict[tuple[datetime, int, int], list[TokenPrice]]] = {}
+# A key's price histories, one per variant ("" the standard one).
+Variants = dict[str, _Versions]
+
+
+def _index(prices: Iterable[TokenPrice]) -> dict[Key, Variants]:
+    grouped: dict[tuple[str, str, str], dict[tuple[datetime, int, int], list[TokenPrice]]] = {}
     for p in prices:
-        versions = grouped.setdefault((p.provider.lower(), p.model.lower()), {})
+        versions = grouped.setdefault((p.provider.lower(), p.model.lower(), p.variant), {})
         version = (p.effective_from, p.daily_from_minute, p.daily_until_minute)
         versions.setdefault(version, []).append(p)
-    index: dict[Key, _Versions] = {}
-    for key, versions in grouped.items():
-        entry = index[key] = _Versions()
+    index: dict[Key, Variants] = {}
+    for (provider, model, variant), versions in grouped.items():
+        entry = index.setdefault((provider, model), {})[variant] = _Versions()
         for version in sorted(versions):
             tiers = sorted(versions[version], key=lambda p: p.above_input_tokens)
             if tiers[0].all_day:
@@ -245,9 +298,9 @@ class PriceBook:
     """
 
     resolver: Resolver | None = None
-    _operator: dict[Key, _Versions] = field(default_factory=dict)
-    _catalogue: dict[Key, _Versions] = field(default_factory=dict)
-    _chains: dict[Key, tuple[list[_Versions], str | None]] = field(default_factory=dict)
+    _operator: dict[Key, Variants] = field(default_factory=dict)
+    _catalogue: dict[Key, Variants] = field(default_factory=dict)
+    _chains: dict[Key, tuple[list[Variants], str | None]] = field(default_factory=dict)
     _size: int = 0
 
     @classmethod
@@ -264,7 +317,7 @@ class PriceBook:
     def __len__(self) -> int:
         return self._size
 
-    def _chain(self, provider: str, model: str) -> tuple[list[_Versions], str | None]:
+    def _chain(self, provider: str, model: str) -> tuple[list[Variants], str | None]:
         """The price histories to try in order, and the reason to give when none has a price.
 
         Resolved once per (provider, model) strings and book: the write path then does one
@@ -296,11 +349,29 @@ class PriceBook:
         self._chains[(provider, model)] = result = (chain, reason)
         return result
 
-    def lookup(self, provider: str, model: str, at: datetime, input_tokens: int = 0) -> PriceLookup:
-        """The row pricing a call of ``model`` at ``at`` with ``input_tokens``, or why none."""
+    def lookup(
+        self,
+        provider: str,
+        model: str,
+        at: datetime,
+        input_tokens: int = 0,
+        variant: str = STANDARD,
+        web_search_requests: int = 0,
+    ) -> PriceLookup:
+        """The row pricing a call of ``model`` at ``at`` with ``input_tokens`` in the price
+        context ``variant`` (``price_variant``), or why none does."""
         chain, reason = self._chains.get((provider, model)) or self._chain(provider, model)
-        for versions in chain:
+        variant_known = False
+        for variants in chain:
+            versions = variants.get(variant)
+            if versions is None:
+                continue
+            variant_known = True
             price = versions.at(at, input_tokens)
             if price is not None:
+                if web_search_requests and price.web_search_per_k_usd is None:
+                    return PriceLookup(None, NO_TOOL_PRICE)
                 return PriceLookup(price)
+        if chain and not variant_known:
+            return PriceLookup(None, UNKNOWN_VARIANT)
         return PriceLookup(None, reason)

@@ -120,6 +120,8 @@ INPUT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "text"),
     ("metadata", "jsonb"),
     ("reservation_id", "uuid"),
+    ("price_variant", "text"),
+    ("web_search_requests", "bigint"),
     ("pricing_id", "integer"),
     ("unpriced_reason", "text"),
 )
@@ -159,14 +161,15 @@ inserted AS (
     INSERT INTO usage_events (event_id, organization_id, user_id, occurred_at, provider, model,
         input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
         cache_write_1h_tokens, cost_usd, pricing_id, unpriced_reason, operation, request_id,
-        metadata, reservation_id, id_month)
+        metadata, reservation_id, price_variant, web_search_requests, id_month)
     SELECT i.event_id, i.organization_id, i.user_id, i.occurred_at, i.provider, i.model,
         i.input_tokens, i.output_tokens, i.cache_read_tokens, i.cache_write_tokens,
         i.cache_write_1h_tokens,
         -- NULL without a price row: an unknown cost is never stored as 0.
         {cost_sql("i", "p")},
         p.id, {unpriced_reason_sql("p.id", "i.unpriced_reason")},
-        i.operation, i.request_id, i.metadata, i.reservation_id, {ID_MONTH}
+        i.operation, i.request_id, i.metadata, i.reservation_id, i.price_variant,
+        i.web_search_requests, {ID_MONTH}
     -- $2: the batch's distinct price rows, so only those are read (by primary key).
     FROM input i JOIN locked USING (organization_id)
         LEFT JOIN (SELECT * FROM model_pricing WHERE id = ANY($2::integer[])) p
@@ -316,7 +319,14 @@ def event_params(
     price_rows: set[int] = set()
     unpriced: list[UnpricedOf] = []
     for e in events:
-        found = prices.lookup(e.provider, e.model, e.occurred_at, e.input_tokens)
+        found = prices.lookup(
+            e.provider,
+            e.model,
+            e.occurred_at,
+            e.input_tokens,
+            e.price_variant,
+            e.web_search_requests,
+        )
         if found.price is None:
             rows.append((*_event_values(e), None, found.reason))
             unpriced.append(

@@ -50,6 +50,8 @@ _COLUMNS: Final = {
     "model": ("model", "text[]"),
     "user_id": ("user_id", "uuid[]"),
     "operation": ("operation", "text[]"),
+    # The price context (biz2bricks_core.pricing.price_variant): "" for standard calls.
+    "price_variant": ("price_variant", "text[]"),
 }
 _SUMS: Final = (
     "requests",
@@ -162,7 +164,8 @@ def _breakdown_source(kept: int) -> str:
     summaries = f"FROM usage_daily_summaries WHERE organization_id = :org AND {_DAYS}"
     if kept == FULL:
         keys, on = "day, provider, model", "b.provider = s.provider AND b.model = s.model AND "
-        per = f"(SELECT organization_id, {keys}, {figures} {summaries})"
+        # Summary rows per price variant: summed per provider and model first.
+        per = f"(SELECT organization_id, {keys}, {summed} {summaries} GROUP BY 1, 2, 3, 4)"
         parts = "s.provider, s.model"
     else:
         keys, on = "day", ""
@@ -245,8 +248,10 @@ async def run_query(conn: AsyncConnection, org: uuid.UUID, spec: QuerySpec) -> l
     """Answer ``spec`` on ``conn`` (in the caller's transaction: use REPEATABLE READ)."""
     bounds = window_bounds(spec)
     candidates = summary_days(spec, bounds)
-    breakdowns = breakdown_for(spec.dimensions) is not None
-    days = await trusted_days(conn, org, candidates, breakdowns=breakdowns)
+    kept = breakdown_for(spec.dimensions)
+    days = await trusted_days(conn, org, candidates, breakdowns=kept is not None)
+    if kept is not None and "price_variant" in spec.dimensions:
+        days = []  # breakdowns do not keep the price variant: the events answer alone
     intervals = event_intervals(spec, days)
     sql, params = _statement(spec, days, intervals)
     params.update(org=org, bounds=bounds)

@@ -34,7 +34,7 @@ __all__ = [
     "window_bounds",
 ]
 
-DIMENSIONS: Final = ("provider", "model", "user_id", "operation")
+DIMENSIONS: Final = ("provider", "model", "user_id", "operation", "price_variant")
 WINDOWS: Final = ("hour", "day", "month")
 # Bounds the answer's size (and the boundaries array sent to PostgreSQL): ~13 months by hour.
 MAX_WINDOWS: Final = 10_000

@@ -64,6 +64,7 @@ class ModelPricingModel(Base):
             "effective_from",
             "above_input_tokens",
             "daily_from_minute",
+            "variant",
             unique=True,
             postgresql_where=text("retired_at IS NULL"),
         ),
@@ -90,6 +91,10 @@ class ModelPricingModel(Base):
     cache_write_per_mtok: Mapped[Decimal | None] = mapped_column(PricePerMTok)
     cache_write_1h_per_mtok: Mapped[Decimal | None] = mapped_column(PricePerMTok)
     per_request_usd: Mapped[Decimal | None] = mapped_column(PricePerMTok)
+    # USD per 1,000 web-search requests of the call (server-side tool use).
+    web_search_per_k_usd: Mapped[Decimal | None] = mapped_column(PricePerMTok)
+    # The price context the row prices (biz2bricks_core.pricing.price_variant; "" standard).
+    variant: Mapped[str] = mapped_column(String(200), server_default="")
     origin: Mapped[str] = mapped_column(String(16), server_default="catalogue")
     source: Mapped[str | None] = mapped_column(String(200))
     retired_at: Mapped[datetime | None]

@@ -145,6 +145,10 @@ class UsageEventModel(Base):
     # The token hold the event carried (settled by it if the hold was live; no foreign key,
     # since a settled hold is deleted and the event is its record).
     reservation_id: Mapped[uuid.UUID | None]
+    # The call's price context (biz2bricks_core.pricing.price_variant; "" standard) and its
+    # web-search requests: both select and enter its price.
+    price_variant: Mapped[str] = mapped_column(String(200), server_default="")
+    web_search_requests: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class UsageEventRejectModel(Base):
@@ -174,6 +178,8 @@ class UsageDailySummaryModel(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     provider: Mapped[str] = mapped_column(String(100), primary_key=True)
     model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # The price context (batch, a service tier, ...): it changes the price, so it is a key.
+    price_variant: Mapped[str] = mapped_column(String(200), primary_key=True, server_default="")
     request_count: Mapped[int] = mapped_column(BigInteger)
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
