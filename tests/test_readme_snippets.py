@@ -379,6 +379,14 @@ async def test_the_ai_service_under_uvicorn_without_its_database_fails_open_or_a
     assert summary.status_code == 503, summary.text
     assert "createdb" in summary.json()["detail"]
     assert summary.headers["Retry-After"] == "5"
+    # And uvicorn's own logging, with no set-up, shows why in the text of the library's line
+    [warmup] = [
+        line
+        for line in ai_service_without_its_database.output().splitlines()
+        if line.startswith("usage.database_warmup_failed")
+    ]
+    assert "b2b_no_such_database" in warmup
+    assert "createdb" in warmup
 
 
 async def test_the_backend_under_uvicorn_reserves_refuses_and_releases_storage(
