@@ -193,22 +193,28 @@ async def report(
                 names[org],
                 usage.plan,
                 usage.tokens_used_period,
-                limit,
+                "unlimited" if limit is None else limit,
                 f"{100 * usage.tokens_used_period / limit:.0f}%" if limit else "-",
                 f"${usage.cost_usd_period:.4f}",
             ]
         )
         decisions.append(
-            [names[org], decision.allowed, decision.reason, decision.used, decision.remaining]
+            [
+                names[org],
+                decision.allowed,
+                decision.reason,
+                decision.used,
+                "unlimited" if decision.remaining is None else decision.remaining,
+            ]
         )
     table(
         "Usage this period against limits",
-        ["organization", "plan", "tokens", "limit", "used", "cost"],
+        ["organization", "plan", "tokens used", "token limit", "% of plan", "cost (USD)"],
         rows,
     )
     table(
         "check_token_limit(org, estimated_tokens=2000)",
-        ["organization", "allowed", "reason", "used", "remaining"],
+        ["organization", "allowed", "reason", "tokens used", "tokens left"],
         decisions,
     )
     async with db.engine.connect() as conn:
@@ -251,15 +257,31 @@ async def report(
                 {"o": orgs},
             )
         ).scalar_one()
-    table(
-        "Daily summaries",
-        ["organization", "day", "provider", "model", "requests", "tokens", "cost"],
-        [[names[r[0]], r[1], r[2], r[3], r[4], r[5], f"${r[6]:.4f}"] for r in summaries],
+    position = {org: i for i, org in enumerate(orgs)}
+    summaries = sorted(
+        summaries, key=lambda r: (r.day, position[r.organization_id], r.provider, r.model)
     )
     table(
-        "Rejected messages (kept with their raw bytes)",
-        ["reason", "example", "count"],
-        [[r.reason_code, r.reason[:70], r.n] for r in rejects],
+        "Daily summaries (by day, organization, provider, model)",
+        ["day", "organization", "provider", "model", "requests", "tokens used", "cost (USD)"],
+        [
+            [
+                r.day,
+                names[r.organization_id],
+                r.provider,
+                r.model,
+                r.request_count,
+                r.tokens,
+                "-" if r.cost_usd is None else f"${r.cost_usd:.4f}",
+            ]
+            for r in summaries
+        ],
+    )
+    table(
+        "Rejected messages (kept with their raw bytes), by reason code",
+        ["reason code", "messages", "first reason, in full"],
+        [[r.reason_code, r.n, r.reason] for r in rejects],
+        wrap={2: 64},
     )
     drift = [d for d in await find_drift(db) if d.organization_id in names]
     inserted = int(worker.metrics.value("usage_consumer_events_inserted_total"))

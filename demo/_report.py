@@ -2,32 +2,65 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
+# Cells that read as amounts (right-aligned): 1,234  $0.0123  45%  -  unlimited
+_AMOUNT = re.compile(r"^(\$?-?[\d,]+(\.\d+)?%?|-|unlimited)$")
 
-def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print a titled table with aligned columns (numbers right-aligned)."""
+
+def table(
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    wrap: Mapping[int, int] | None = None,
+) -> None:
+    """Print a titled table (see ``render_table``)."""
+    print()
+    print("\n".join(render_table(title, headers, rows, wrap)))
+
+
+def render_table(
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    wrap: Mapping[int, int] | None = None,
+) -> list[str]:
+    """A titled table with aligned columns, amounts right-aligned; ``wrap`` maps a column to
+    the width its text wraps at, between words (a word longer than that is kept whole)."""
     cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    numeric = [
-        all(isinstance(row[i], int | float) for row in rows) if rows else False
-        for i in range(len(headers))
+    amounts = [bool(cells) and all(_AMOUNT.match(r[i]) for r in cells) for i in range(len(headers))]
+    lines_of = [
+        [
+            textwrap.wrap(v, (wrap or {})[i], break_long_words=False, break_on_hyphens=False)
+            or [""]
+            if i in (wrap or {})
+            else [v]
+            for i, v in enumerate(row)
+        ]
+        for row in cells
+    ]
+    widths = [
+        max([len(h), *(len(part) for row in lines_of for part in row[i])])
+        for i, h in enumerate(headers)
     ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
-            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
-        )
+            v.rjust(w) if a else v.ljust(w) for v, w, a in zip(values, widths, amounts, strict=True)
+        ).rstrip()
 
-    print(f"\n{title}")
-    print(line(list(headers)))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print(line(row))
+    out = [title, line(list(headers)), "  ".join("-" * w for w in widths)]
+    for row in lines_of:
+        for k in range(max(len(parts) for parts in row)):
+            out.append(line([parts[k] if k < len(parts) else "" for parts in row]))
     if not rows:
-        print("(none)")
+        out.append("(none)")
+    return out
 
 
 def _fmt(value: Any) -> str:
@@ -35,7 +68,7 @@ def _fmt(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
-    if isinstance(value, float):
+    if isinstance(value, float | Decimal):
         return f"{value:,.2f}"
     return "-" if value is None else str(value)
 

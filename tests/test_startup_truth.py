@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import socket
+import socketserver
+import struct
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,6 +57,10 @@ ROLLUP_VOID = (
     "--reason",
     "test",
 )
+ORG = str(uuid.uuid4())
+ROLLUP_PROVISION = ("-m", "biz2bricks_rollup", "provision", ORG, "--plan", "free")
+ROLLUP_GRANT = ("-m", "biz2bricks_rollup", "grant", ORG, "1000")
+ROLLUP_USAGE = ("-m", "biz2bricks_rollup", "usage", "--org", ORG)
 ROLLUP_COMMANDS = [
     ROLLUP_RUN,
     ROLLUP_RECONCILE,
@@ -63,6 +70,8 @@ ROLLUP_COMMANDS = [
     ROLLUP_VOID,
     ROLLUP_STATEMENT,
 ]
+# The operator's commands share the rollup's start-up path: checked for the commonest mistakes.
+OPERATOR_COMMANDS = [ROLLUP_PROVISION, ROLLUP_GRANT, ROLLUP_USAGE]
 DATABASE_COMMANDS = [CONSUMER, *ROLLUP_COMMANDS, ALEMBIC]
 # Each failure must be named in seconds; the slowest import (the consumer's) takes a few.
 QUICK_S = 20.0
@@ -89,7 +98,7 @@ def emulator_env(pubsub_names: PubSubNames) -> dict[str, str]:
     return {k: v for k, v in worker_env("", pubsub_names, PORT="0").items() if k != "DATABASE_URL"}
 
 
-@pytest.mark.parametrize("command", DATABASE_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("command", [*DATABASE_COMMANDS, *OPERATOR_COMMANDS], ids=" ".join)
 def test_a_database_that_does_not_exist_is_named_with_createdb(
     command: tuple[str, ...], postgres_server: LocalService, emulator_env: dict[str, str]
 ) -> None:
@@ -131,6 +140,61 @@ def test_a_wrong_password_names_the_password_setting() -> None:
     assert "\n" not in message
 
 
+class _RefusesPasswords(socketserver.BaseRequestHandler):
+    """A PostgreSQL front that answers every start-up as a server refusing the password does
+    (ErrorResponse, SQLSTATE 28P01): the shared test server trusts local connections."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        while True:
+            header = sock.recv(8, socket.MSG_WAITALL)
+            if len(header) < 8:
+                return
+            length, code = struct.unpack("!ii", header)
+            sock.recv(length - 8, socket.MSG_WAITALL)
+            if code == 80877103:  # SSLRequest: no TLS here, go on in clear
+                sock.sendall(b"N")
+                continue
+            user = b"alice"
+            fields = b"".join(
+                kind + value + b"\0"
+                for kind, value in [
+                    (b"S", b"FATAL"),
+                    (b"V", b"FATAL"),
+                    (b"C", b"28P01"),
+                    (b"M", b'password authentication failed for user "' + user + b'"'),
+                ]
+            )
+            body = fields + b"\0"
+            sock.sendall(b"E" + struct.pack("!i", len(body) + 4) + body)
+            return
+
+
+@pytest.fixture(scope="module")
+def refusing_server() -> Iterator[str]:
+    """A database URL whose server refuses the password in it."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _RefusesPasswords)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"postgresql://alice:wrong-secret@127.0.0.1:{server.server_address[1]}/biz2bricks"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("command", DATABASE_COMMANDS, ids=" ".join)
+def test_a_refused_password_is_named_with_the_setting(
+    command: tuple[str, ...], refusing_server: str, emulator_env: dict[str, str]
+) -> None:
+    # Given a server that refuses the password in DATABASE_URL
+    # When the command starts
+    elapsed, result = timed(command, **emulator_env, DATABASE_URL=refusing_server)
+    # Then one line says so and names the setting, never the password itself
+    assert_one_message(result, "password authentication failed", "'alice'", "DATABASE_URL")
+    assert "wrong-secret" not in result.stderr
+    assert elapsed < QUICK_S, elapsed
+
+
 def test_other_errors_are_not_access_errors() -> None:
     assert access_error(DatabaseConfig(), ConnectionRefusedError("down")) is None
 
@@ -143,7 +207,7 @@ def empty_database(postgres_server: LocalService) -> Iterator[str]:
     drop_database(url)
 
 
-@pytest.mark.parametrize("command", [CONSUMER, *ROLLUP_COMMANDS], ids=" ".join)
+@pytest.mark.parametrize("command", [CONSUMER, *ROLLUP_COMMANDS, *OPERATOR_COMMANDS], ids=" ".join)
 def test_a_database_never_migrated_is_named_with_alembic_upgrade_head(
     command: tuple[str, ...], empty_database: str, emulator_env: dict[str, str]
 ) -> None:
