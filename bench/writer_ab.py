@@ -1,13 +1,15 @@
-"""A/B of two versions of the consumer's writer, batch by batch, on one database.
+"""A/B of two versions of the write path, batch by batch, on one database.
 
 Separate runs of ``bench.consumer_write`` drift by about 10% on a noisy machine; two writers
 alternating batch by batch, with the raw baseline of consumer_write between them, see the
-same noise and show differences of a few percent. Version A is ``writer.py`` at a git revision
-(default HEAD), version B the working tree. Both write into the same tables (the schema of the
-working tree), and A imports today's biz2bricks_core: a revision whose writer calls a helper
-that has since changed cannot be the baseline (compare commit by commit instead).
-Run: uv run python -m bench.writer_ab [--baseline HEAD] [--events 50000] [--batch 1000]
-    [--holds]
+same noise and show differences of a few percent. Version B is the working tree; version A is
+the same writer with ``biz2bricks_core/recording.py`` (the batch statement and
+``record_events``; ``--module writer``: the consumer's ``writer.py``) as it was at a git
+revision (default HEAD). Both write into the same tables (the schema of the working tree), and
+A imports today's biz2bricks_core otherwise: a revision whose module reads a column or calls a
+helper that has since changed cannot be the baseline (compare commit by commit instead).
+Run: uv run python -m bench.writer_ab [--baseline HEAD] [--module recording|writer]
+    [--events 50000] [--batch 1000] [--holds] [--grants]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from types import ModuleType
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from bench._common import Timer, bench_database, events, manager, provision_orgs
+from bench._common import Timer, add_grants, bench_database, events, manager, provision_orgs
 from bench.consumer_write import chunks, raw_batches, realistic, with_holds
 from biz2bricks_consumer import writer as working_tree
 from biz2bricks_consumer.batching import Batch
@@ -35,26 +37,39 @@ from tests.factories import message_for
 from tests.support import libpq_url
 
 WRITER = "consumer/src/biz2bricks_consumer/writer.py"
+RECORDING = "shared_models/src/biz2bricks_core/recording.py"
 
 
-def writer_at(revision: str, workdir: Path) -> ModuleType:
-    """The writer module as it was at ``revision``, imported under another name."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:{WRITER}"], capture_output=True, text=True, check=True
-    ).stdout
-    path = workdir / "writer_baseline.py"
+def _load(source: str, name: str, workdir: Path) -> ModuleType:
+    path = workdir / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("writer_baseline", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {WRITER} at {revision}")
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
+def _at(revision: str, path: str) -> str:
+    return subprocess.run(
+        ["git", "show", f"{revision}:{path}"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def writer_at(revision: str, workdir: Path, module: str = "recording") -> ModuleType:
+    """A writer module whose ``module`` (recording or writer) is as it was at ``revision``."""
+    if module == "writer":
+        return _load(_at(revision, WRITER), "writer_baseline", workdir)
+    recording = _load(_at(revision, RECORDING), "recording_baseline", workdir)
+    writer = _load(Path(working_tree.__file__).read_text(), "writer_baseline", workdir)
+    writer.record_events = recording.record_events  # type: ignore[attr-defined]
+    return writer
+
+
 async def measure(
-    url: str, baseline: ModuleType, n_events: int, batch_size: int, holds: bool
+    url: str, baseline: ModuleType, n_events: int, batch_size: int, holds: bool, grants: bool
 ) -> None:
     orgs = await provision_orgs(url, 1000)
     db = manager(url)
@@ -66,6 +81,9 @@ async def measure(
     conn = await asyncpg.connect(libpq_url(make_url(url)))
     if holds:
         await conn.execute("UPDATE usage_limits SET token_limit = 1000000000000")
+    if grants:  # as consumer_write --grants: every organization past its plan, 5 grants each
+        await conn.execute("UPDATE usage_limits SET token_limit = 0")
+        await add_grants(conn, orgs, 5, 10**15)
     seconds = {"A": 0.0, "B": 0.0, "raw": 0.0}
     rounds = 4
     per_round = n_events // rounds
@@ -106,11 +124,13 @@ async def measure(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--baseline", default="HEAD", help="git revision of version A")
+    parser.add_argument("--module", choices=("recording", "writer"), default="recording")
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--holds", action="store_true", help="every event settles a token hold")
+    parser.add_argument("--grants", action="store_true", help="every organization burns grants")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, bench_database() as (url, _server):
         tune_gc()
-        module = writer_at(args.baseline, Path(tmp))
-        asyncio.run(measure(url, module, args.events, args.batch, args.holds))
+        module = writer_at(args.baseline, Path(tmp), args.module)
+        asyncio.run(measure(url, module, args.events, args.batch, args.holds, args.grants))

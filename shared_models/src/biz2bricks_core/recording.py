@@ -81,15 +81,21 @@ SAME_PERIOD = "t.new_start = u.period_start"
 ROLLED_TOKENS = counter_after_roll_sql("u.tokens_used_period", SAME_PERIOD, "s.tokens")
 ROLLED_COST = counter_after_roll_sql("u.cost_usd_period", SAME_PERIOD, "s.cost")
 ROLLED_UNPRICED = counter_after_roll_sql("u.unpriced_events_period", SAME_PERIOD, "s.unpriced")
-ROLLED_GRANTS_CONSUMED = counter_after_roll_sql("u.grants_consumed_period", SAME_PERIOD, "b.paid")
-# Before the UPDATE, from the locked row: the tokens the batch takes beyond the plan, and
-# whether the cache can pay them (exact now, and what it owes, if anything, was paid in this
-# period): then it pays what it holds, and the grants owe it.
-BEYOND_PLAN = beyond_plan_sql("t.before_tokens", "t.before_tokens + s.tokens", "l.token_limit")
+# From the locked row (carried in target): the tokens the batch takes beyond the plan, and
+# whether the grants' cache can pay them (exact now, and what it owes, if anything, was paid
+# in this period): then it pays what it holds, and the grants owe it. Written inline where
+# used: as a CTE joined to the update, it cost the plain write path 10%.
+BEYOND_PLAN = beyond_plan_sql("t.before_tokens", "t.before_tokens + s.tokens", "t.token_limit")
 FROM_CACHE = (
-    f"{grants_cache_valid_sql('l')}"
-    " AND (l.grants_pending = 0 OR l.grants_pending_period = t.new_start)"
+    f"{grants_cache_valid_sql('t')}"
+    " AND (t.grants_pending = 0 OR t.grants_pending_period = t.new_start)"
 )
+PAID = f"(CASE WHEN {FROM_CACHE} THEN least({BEYOND_PLAN}, t.grants_remaining) ELSE 0 END)"
+# Where the cache cannot pay and live grants may hold tokens: the grant rows pay.
+FROM_ROWS = (
+    f"(NOT ({FROM_CACHE}) AND (t.grants_remaining > 0 OR NOT {grants_cache_valid_sql('t')}))"
+)
+ROLLED_GRANTS_CONSUMED = counter_after_roll_sql("u.grants_consumed_period", SAME_PERIOD, PAID)
 # After the UPDATE (RETURNING sees the new row): the allowance the alerts measure against.
 ALLOWANCE = allowance_sql(
     "u.token_limit", "u.grants_consumed_period", live_grants_remaining_sql("u")
@@ -190,10 +196,13 @@ target AS (
     FROM (
         SELECT l.organization_id, count(*) AS inserted,
             {NEW_START} AS new_start,
-            l.period_unit, l.period_start AS old_start, l.tokens_used_period AS old_tokens
+            l.period_unit, l.period_start AS old_start, l.tokens_used_period AS old_tokens,
+            l.token_limit, l.grants_remaining, l.grants_next_change, l.grants_pending,
+            l.grants_pending_period
         FROM locked l JOIN inserted i USING (organization_id)
         GROUP BY l.organization_id, l.period_start, l.period_end, l.period_unit,
-            l.tokens_used_period
+            l.tokens_used_period, l.token_limit, l.grants_remaining, l.grants_next_change,
+            l.grants_pending, l.grants_pending_period
     ) o
 ),
 sums AS (
@@ -213,19 +222,12 @@ sums AS (
     CROSS JOIN LATERAL (SELECT NOT i.held AND {COUNTED} AS counted) c
     GROUP BY t.organization_id
 ),
-paying AS (
-    SELECT t.organization_id, b.beyond_plan, b.from_cache,
-        CASE WHEN b.from_cache THEN least(b.beyond_plan, l.grants_remaining) ELSE 0 END AS paid,
-        l.grants_remaining > 0 OR NOT {grants_cache_valid_sql("l")} AS may_have_grants
-    FROM target t JOIN sums s USING (organization_id) JOIN locked l USING (organization_id)
-    CROSS JOIN LATERAL (SELECT {BEYOND_PLAN} AS beyond_plan, {FROM_CACHE} AS from_cache) b
-),
 updated AS (
     UPDATE usage_limits u SET
         grants_consumed_period = {ROLLED_GRANTS_CONSUMED},
-        grants_remaining = u.grants_remaining - b.paid,
-        grants_pending = u.grants_pending + b.paid,
-        grants_pending_period = CASE WHEN b.paid > 0 THEN t.new_start
+        grants_remaining = u.grants_remaining - {PAID},
+        grants_pending = u.grants_pending + {PAID},
+        grants_pending_period = CASE WHEN {PAID} > 0 THEN t.new_start
             ELSE u.grants_pending_period END,
         tokens_used_period = {ROLLED_TOKENS},
         cost_usd_period = {ROLLED_COST},
@@ -234,11 +236,11 @@ updated AS (
         period_start = t.new_start,
         period_end = t.new_end,
         counters_updated_at = now()
-    FROM target t JOIN sums s USING (organization_id) JOIN paying b USING (organization_id)
+    FROM target t JOIN sums s USING (organization_id)
     WHERE u.organization_id = t.organization_id
     RETURNING u.organization_id, u.plan, u.period_start, t.before_tokens,
         u.tokens_used_period AS after_tokens, {ALLOWANCE} AS allowance,
-        b.beyond_plan, b.paid, b.may_have_grants AND NOT b.from_cache AS from_rows,
+        {BEYOND_PLAN} AS beyond_plan, {PAID} AS paid, {FROM_ROWS} AS from_rows,
         t.inserted, s.unpriced, s.holds
 ),
 alerted AS (
