@@ -27,20 +27,30 @@ from sqlalchemy import text
 
 from bench._common import Timer, bench_database, manager, percentile, provision_orgs
 from biz2bricks_core import DatabaseManager, UsageService
+from biz2bricks_core.event_ids import event_id_month_sql
+from biz2bricks_core.event_partitions import ensure_partitions
+from biz2bricks_core.retention import month_of
 from biz2bricks_devtools.localservices import find_free_port
 from biz2bricks_rollup.rollup import run_rollup
 
+# Time-ordered (v7) ids made from each event's time, as the producer makes them, and the
+# partition key computed from them as the writer does (biz2bricks_core.event_ids).
+_V7 = (
+    "CAST(lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0') || '7'"
+    " || substr(md5(i::text), 1, 3) || '8' || substr(md5(i::text), 4, 15) AS uuid)"
+)
 GENERATE = text(
     "INSERT INTO usage_events (event_id, organization_id, user_id, occurred_at, received_at,"
     " provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
-    " cost_usd, operation)"
-    " SELECT gen_random_uuid(), :org, (CAST(:users AS uuid[]))[1 + (i * 7919) % 200], t,"
+    " cost_usd, operation, id_month)"
+    f" SELECT e, :org, (CAST(:users AS uuid[]))[1 + (i * 7919) % 200], t,"
     " t + interval '2 seconds', 'provider-' || ((i * 13) % 8 / 3), 'model-' || ((i * 13) % 8),"
     " 500 + i % 1500, 50 + i % 400, i % 300, i % 50,"
     " CASE WHEN (i * 13) % 8 = 7 THEN NULL ELSE (500 + i % 1500) * 0.0000025 END,"
-    " 'operation-' || ((i * 31) % 10)"
+    f" 'operation-' || ((i * 31) % 10), {event_id_month_sql('e')}"
     " FROM generate_series(CAST(0 AS bigint), :n - 1) AS i,"
-    " LATERAL (SELECT CAST(:start AS timestamptz) + (CAST(:span AS interval) * i / :n)) AS s(t)"
+    " LATERAL (SELECT CAST(:start AS timestamptz) + (CAST(:span AS interval) * i / :n)) AS s(t),"
+    f" LATERAL (SELECT {_V7}) AS v(e)"
 )
 RAW = {
     "by day and model": (
@@ -69,6 +79,8 @@ async def seed(url: str, n_events: int) -> tuple[uuid.UUID, datetime, datetime]:
     today = datetime.combine(now.date(), dtime.min, tzinfo=UTC)
     start = today - timedelta(days=29)
     users = [uuid.uuid4() for _ in range(200)]
+    async with db.driver() as driver:
+        await ensure_partitions(driver, sorted({month_of(start), month_of(now)}))
     async with db.engine.begin() as conn:
         params = {"org": org, "users": users, "start": start, "span": now - start, "n": n_events}
         await conn.execute(GENERATE, params)

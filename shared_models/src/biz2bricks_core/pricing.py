@@ -96,6 +96,8 @@ def price_variant(
     """The variant string of a call's price context: ``""`` for the standard price, else its
     non-standard ``key=value`` pairs joined by ``;`` in VARIANT_KEYS order (``processing=batch``,
     ``service_tier=flex;speed=fast``). Catalogue rows and events are both keyed by it."""
+    if processing is None and service_tier is None and speed is None and route is None:
+        return STANDARD  # most calls: no context (the writer asks twice per event)
     parts = []
     for key, value in zip(VARIANT_KEYS, (processing, service_tier, speed, route), strict=True):
         if value is not None and value not in STANDARD_VALUES[key]:
