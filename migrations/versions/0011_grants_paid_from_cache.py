@@ -5,8 +5,14 @@ live remaining and keeps it as grants_pending, owed by the grants live at grants
 (in burn order); every writer of grants takes it from the rows first
 (biz2bricks_core.credits: owed, FLUSH_GRANTS). Readers subtract what the rows owe, so
 usage_reserve_tokens is reinstalled with the new reading of the live grants (a frozen copy of
-biz2bricks_core.holds.function_ddl("usage_reserve_tokens")). Adding columns with constant
-defaults rewrites nothing; a brief lock of usage_limits.
+biz2bricks_core.holds.function_ddl("usage_reserve_tokens")). The columns are added with
+defaults PostgreSQL stores once (no table rewrite; grants_cached_at takes the migration's
+time, then new rows get NULL); a brief lock of usage_limits.
+
+Cut-over, not rolling: code older than this revision rebuilds the grants' cache from the rows
+without subtracting what they owe, so stop every writer of the counters and grants (the
+consumers, the rollup jobs, and the services that grant or void credits) before upgrading,
+and start only the new code after it.
 
 Revision ID: 0011
 Revises: 0010
@@ -216,11 +222,15 @@ def upgrade() -> None:
         sa.Column("grants_pending", sa.BigInteger(), server_default="0", nullable=False),
     )
     op.add_column("usage_limits", sa.Column("grants_pending_period", sa.DateTime(timezone=True)))
-    op.add_column("usage_limits", sa.Column("grants_cached_at", sa.DateTime(timezone=True)))
+    # A non-volatile default is stored once, not written into every row; then dropped.
+    op.add_column(
+        "usage_limits",
+        sa.Column("grants_cached_at", sa.DateTime(timezone=True), server_default=sa.text("now()")),
+    )
+    op.alter_column("usage_limits", "grants_cached_at", server_default=None)
     op.create_check_constraint(
         op.f("ck_usage_limits_grants_pending_nonnegative"), "usage_limits", "grants_pending >= 0"
     )
-    op.execute("UPDATE usage_limits SET grants_cached_at = now()")
     op.execute(USAGE_RESERVE_TOKENS)
 
 
@@ -228,6 +238,7 @@ def downgrade() -> None:
     # What is owed goes to the rows first (the statement of 0011's FLUSH_GRANTS needs the
     # columns): downgrade only with the consumers stopped and after `biz2bricks-rollup run`,
     # which flushes every organization; refuse otherwise rather than lose it.
+    op.execute("LOCK TABLE usage_limits IN ACCESS EXCLUSIVE MODE")  # no batch can owe more
     owed = (
         op.get_bind()
         .execute(sa.text("SELECT count(*) FROM usage_limits WHERE grants_pending > 0"))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+import biz2bricks_rollup.grants as grants_module
 from biz2bricks_consumer.batching import build_batch
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import (
@@ -404,3 +406,39 @@ async def test_owed_tokens_of_an_earlier_period_are_booked_to_it_when_the_period
     limits = await counters(db, org)
     assert (limits["grants_pending"], limits["grants_consumed_period"]) == (1_000, 3_000)
     assert (await service.check_token_limit(org)).remaining == 42_000
+
+
+async def test_the_sweep_ends_while_consumers_keep_organizations_owing(
+    db: DatabaseManager,
+) -> None:
+    # Given five organizations past their plan whose grants owe tokens paid from the cache
+    service = UsageService(db)
+    orgs = sorted([await provisioned_org(db, plan="free") for _ in range(5)])
+    for org in orgs:
+        await use_tokens(db, org, FREE_LIMIT)
+        await service.grant_credits(org, 50_000)
+        await use_tokens(db, org, 1_000)
+    # When the sweep runs two at a time, and after each chunk a consumer makes every
+    # organization swept before it owe again
+    real_refresh = grants_module.refresh_grants
+    chunks: list[list[uuid.UUID]] = []
+
+    async def refresh_then_usage(conn: Any, due: list[uuid.UUID]) -> list[Any]:
+        rows = await real_refresh(conn, due)
+        chunks.append(list(due))
+        for org in [o for o in orgs if o < due[0]]:
+            await use_tokens(db, org, 10)
+        return rows
+
+    grants_module.refresh_grants = refresh_then_usage  # type: ignore[assignment]
+    try:
+        await asyncio.wait_for(sweep_grants(db, chunk=2), timeout=60)
+    finally:
+        grants_module.refresh_grants = real_refresh  # type: ignore[assignment]
+    # Then it ended after one pass over the organizations (each chunk after the last)
+    assert [o for c in chunks for o in c if o in orgs] == orgs
+    # And the next sweep takes what they owe since; nothing drifts
+    await sweep_grants(db, chunk=2)
+    for org in orgs:
+        assert (await counters(db, org))["grants_pending"] == 0
+    assert not {d.organization_id for d in await find_drift(db)} & set(orgs)

@@ -340,8 +340,16 @@ ledger AS (
     SELECT organization_id, id, 'consume', owed, period_start FROM owing
     ORDER BY organization_id, id
 )
-UPDATE usage_limits l SET grants_pending = 0, grants_pending_period = NULL
-WHERE l.organization_id = ANY($1::uuid[]) AND l.grants_pending > 0
+-- What was taken leaves the pending tokens; anything the grants could not give (never, while
+-- every writer keeps the rules) stays pending, visible to reconcile, rather than vanishing.
+UPDATE usage_limits l SET grants_pending = l.grants_pending - t.taken,
+    grants_pending_period = CASE WHEN l.grants_pending = t.taken THEN NULL
+        ELSE l.grants_pending_period END
+FROM (SELECT l2.organization_id, coalesce(sum(o.owed), 0) AS taken
+    FROM usage_limits l2 LEFT JOIN owing o USING (organization_id)
+    WHERE l2.organization_id = ANY($1::uuid[]) AND l2.grants_pending > 0
+    GROUP BY l2.organization_id) t
+WHERE l.organization_id = t.organization_id
 RETURNING l.organization_id
 """
 
