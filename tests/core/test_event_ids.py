@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import uuid
 from datetime import UTC, date, datetime
@@ -11,7 +12,12 @@ from sqlalchemy import text
 
 import biz2bricks_core
 from biz2bricks_core import DatabaseManager, new_event_id
-from biz2bricks_core.event_ids import UNTIMED, event_id_month, event_id_month_sql
+from biz2bricks_core.event_ids import (
+    UNTIMED,
+    event_id_month,
+    event_id_month_sql,
+    is_time_ordered,
+)
 
 
 def v7_at(moment: datetime, tail: int = 0x7ABC_8DEF_0123_4567_89AB) -> uuid.UUID:
@@ -85,3 +91,30 @@ async def test_the_month_of_an_id_in_sql_equals_the_python_rule(db: DatabaseMana
         for case in cases:
             sql = (await conn.execute(statement, {"id": case})).scalar_one()
             assert sql == event_id_month(case), case
+
+
+def test_time_ordered_ids_and_their_months_read_from_bits_equal_the_stdlib_reading() -> None:
+    # Given ids of every version and variant, times at month edges and far ahead
+    rng = random.Random(21)
+    edges = [
+        datetime(2024, 2, 29, 23, 59, 59, 999000, tzinfo=UTC),
+        datetime(2024, 3, 1, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2199, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+    ]
+    for _ in range(2_000):
+        if rng.random() < 0.5:  # a time at a month's edge
+            ms = max(int(rng.choice(edges).timestamp() * 1000) + rng.choice((-1, 0, 1)), 0)
+        else:  # any time a datetime can hold
+            ms = rng.randrange(253_402_300_800_000)
+        value = (rng.getrandbits(80)) | (ms << 80)
+        for version, variant in itertools.product((4, 7, 8), (0b00, 0b10, 0b11)):
+            bits = (value & ~(0xF << 76) & ~(0x3 << 62)) | (version << 76) | (variant << 62)
+            event_id = uuid.UUID(int=bits)
+            # Then the reading from the integer is the stdlib's, and so is the month
+            assert is_time_ordered(event_id) is (event_id.version == 7), event_id
+            if event_id.version == 7:
+                made = datetime.fromtimestamp((bits >> 80) / 1000, UTC)
+                assert event_id_month(event_id) == date(made.year, made.month, 1), event_id
+            else:
+                assert event_id_month(event_id) == UNTIMED

@@ -31,9 +31,14 @@ from biz2bricks_core.retention import OLDER_THAN_RETENTION, retention_horizon
 REFRESH_S: Final = 300.0
 
 
-def too_old_reason(event: UsageEvent, horizon: date) -> str | None:
-    """Why ``event`` is beyond the retention that starts at ``horizon``, or None."""
-    if event.occurred_at < datetime(horizon.year, horizon.month, horizon.day, tzinfo=UTC):
+def too_old_reason(
+    event: UsageEvent, horizon: date, horizon_start: datetime | None = None
+) -> str | None:
+    """Why ``event`` is beyond the retention that starts at ``horizon`` (the instant
+    ``horizon_start``, computed here if not given), or None."""
+    if horizon_start is None:
+        horizon_start = datetime(horizon.year, horizon.month, horizon.day, tzinfo=UTC)
+    if event.occurred_at < horizon_start:
         return (
             f"occurred_at: {event.occurred_at.isoformat()} is before the retention horizon "
             f"{horizon.isoformat()}; its month is archived"
@@ -49,7 +54,8 @@ def too_old_reason(event: UsageEvent, horizon: date) -> str | None:
 
 def without_too_old(batch: Batch, horizon: date) -> Batch:
     """The batch with its events beyond retention moved to its rejects (the same batch if none)."""
-    reasons = [too_old_reason(e, horizon) for e in batch.events]
+    start = datetime(horizon.year, horizon.month, horizon.day, tzinfo=UTC)
+    reasons = [too_old_reason(e, horizon, start) for e in batch.events]
     if not any(reasons):
         return batch
     kept = Batch(
