@@ -522,7 +522,8 @@ async def explain_batch(conn: Any, plan_cache_mode: str, params: list[Any]) -> d
     await conn.execute(f"PREPARE {name} AS {INSERT_AND_COUNT}")
     try:
         literals = await conn.fetchrow(
-            "SELECT quote_literal($1::text), quote_literal($2::int[])", *params
+            "SELECT quote_literal($1::text), quote_literal($2::int[]), quote_literal($3::int)",
+            *params,
         )
         plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({', '.join(literals)})")
     finally:

@@ -83,8 +83,8 @@ ROLLED_COST = counter_after_roll_sql("u.cost_usd_period", SAME_PERIOD, "s.cost")
 ROLLED_UNPRICED = counter_after_roll_sql("u.unpriced_events_period", SAME_PERIOD, "s.unpriced")
 # From the locked row (carried in target): the tokens the batch takes beyond the plan, and
 # whether the grants' cache can pay them (exact now, and what it owes, if anything, was paid
-# in this period): then it pays what it holds, and the grants owe it. Written inline where
-# used: as a CTE joined to the update, it cost the plain write path 10%.
+# in this period): then it pays what it holds, and the grants owe it. Computed in the update's
+# own FROM: as a CTE joined to it, it cost the plain write path 10%.
 BEYOND_PLAN = beyond_plan_sql("t.before_tokens", "t.before_tokens + s.tokens", "t.token_limit")
 FROM_CACHE = (
     f"{grants_cache_valid_sql('t')}"
@@ -95,7 +95,7 @@ PAID = f"(CASE WHEN {FROM_CACHE} THEN least({BEYOND_PLAN}, t.grants_remaining) E
 FROM_ROWS = (
     f"(NOT ({FROM_CACHE}) AND (t.grants_remaining > 0 OR NOT {grants_cache_valid_sql('t')}))"
 )
-ROLLED_GRANTS_CONSUMED = counter_after_roll_sql("u.grants_consumed_period", SAME_PERIOD, PAID)
+ROLLED_GRANTS_CONSUMED = counter_after_roll_sql("u.grants_consumed_period", SAME_PERIOD, "b.paid")
 # After the UPDATE (RETURNING sees the new row): the allowance the alerts measure against.
 ALLOWANCE = allowance_sql(
     "u.token_limit", "u.grants_consumed_period", live_grants_remaining_sql("u")
@@ -209,7 +209,8 @@ sums AS (
     -- Per organization, in one pass over its new events and the holds they settled. Late
     -- events of an earlier period are stored but not counted in the current one.
     SELECT t.organization_id,
-        coalesce(sum(i.tokens) FILTER (WHERE c.counted), 0) AS tokens,
+        -- bigint, not sum()'s numeric: the counters' arithmetic below stays in integers.
+        coalesce(sum(i.tokens) FILTER (WHERE c.counted), 0)::bigint AS tokens,
         coalesce(sum(i.cost_usd) FILTER (WHERE c.counted), 0) AS cost,
         count(*) FILTER (WHERE c.counted AND {unpriced_sql("i.cost_usd")}) AS unpriced,
         sum(i.tokens) FILTER (WHERE i.held) AS held_tokens,
@@ -225,9 +226,9 @@ sums AS (
 updated AS (
     UPDATE usage_limits u SET
         grants_consumed_period = {ROLLED_GRANTS_CONSUMED},
-        grants_remaining = u.grants_remaining - {PAID},
-        grants_pending = u.grants_pending + {PAID},
-        grants_pending_period = CASE WHEN {PAID} > 0 THEN t.new_start
+        grants_remaining = u.grants_remaining - b.paid,
+        grants_pending = u.grants_pending + b.paid,
+        grants_pending_period = CASE WHEN b.paid > 0 THEN t.new_start
             ELSE u.grants_pending_period END,
         tokens_used_period = {ROLLED_TOKENS},
         cost_usd_period = {ROLLED_COST},
@@ -237,10 +238,14 @@ updated AS (
         period_end = t.new_end,
         counters_updated_at = now()
     FROM target t JOIN sums s USING (organization_id)
+        -- Computed once per organization (OFFSET 0 keeps the planner from copying the
+        -- expressions into each of their five uses: 1.5 ms a batch of 1,000).
+        CROSS JOIN LATERAL (SELECT {BEYOND_PLAN} AS beyond_plan, {PAID} AS paid,
+            {FROM_ROWS} AS from_rows OFFSET 0) b
     WHERE u.organization_id = t.organization_id
     RETURNING u.organization_id, u.plan, u.period_start, t.before_tokens,
         u.tokens_used_period AS after_tokens, {ALLOWANCE} AS allowance,
-        {BEYOND_PLAN} AS beyond_plan, {PAID} AS paid, {FROM_ROWS} AS from_rows,
+        b.beyond_plan, b.paid, b.from_rows,
         t.inserted, s.unpriced, s.holds
 ),
 alerted AS (
@@ -250,8 +255,12 @@ SELECT coalesce(sum(inserted), 0)::bigint AS inserted,
     coalesce(sum(unpriced), 0)::bigint AS unpriced,
     coalesce(sum(holds), 0)::bigint AS settled,
     (SELECT count(*) FROM alerted) AS alerts,
-    (SELECT array_agg(DISTINCT organization_id) FROM input
-        WHERE organization_id NOT IN (SELECT organization_id FROM locked)) AS unknown_orgs,
+    -- The batch's organizations without counters ($3: how many it names), read only when
+    -- the locked rows are fewer (an anti-join in every batch cost 0.35 ms).
+    CASE WHEN (SELECT count(*) FROM locked) < $3::integer THEN
+        (SELECT array_agg(DISTINCT organization_id) FROM input
+            WHERE organization_id NOT IN (SELECT organization_id FROM locked)) END
+        AS unknown_orgs,
     coalesce(sum(paid), 0)::bigint AS paid,
     -- Organizations whose usage went beyond the plan and whose cache could not pay: the
     -- grant rows pay (biz2bricks_core.credits.BURN), in this transaction.
@@ -309,10 +318,10 @@ async def record_events(conn: Any, events: Sequence[UsageEvent], prices: PriceBo
 
 def event_params(
     events: Sequence[UsageEvent], prices: PriceBook
-) -> tuple[str, list[int], list[UnpricedOf]]:
+) -> tuple[str, list[int], int, list[UnpricedOf]]:
     """Parameters of INSERT_AND_COUNT (the events as a JSON array of INPUT_COLUMNS rows, the
-    distinct price rows), and the organization and (provider, model, reason) of each unpriced
-    event.
+    distinct price rows, the number of distinct organizations), and the organization and
+    (provider, model, reason) of each unpriced event.
 
     The row in force and its tier are chosen here; the cost itself is computed in SQL from
     that row, so no Decimal crosses the wire.
@@ -338,7 +347,8 @@ def event_params(
             rows.append((*_event_values(e), found.price.id, None))
             if found.price.id is not None:
                 price_rows.add(found.price.id)
-    return _rows_json(rows), list(price_rows), unpriced
+    organizations = len({e.organization_id for e in events})
+    return _rows_json(rows), list(price_rows), organizations, unpriced
 
 
 def _rows_json(rows: list[tuple[Any, ...]]) -> str:
