@@ -93,28 +93,48 @@ async def test_the_month_of_an_id_in_sql_equals_the_python_rule(db: DatabaseMana
             assert sql == event_id_month(case), case
 
 
-def test_time_ordered_ids_and_their_months_read_from_bits_equal_the_stdlib_reading() -> None:
-    # Given ids of every version and variant, times at month edges and far ahead
-    rng = random.Random(21)
+def edge_ids(seed: int, count: int) -> list[uuid.UUID]:
+    """Ids of every version and variant, with times at month edges and anywhere a datetime
+    can hold."""
+    rng = random.Random(seed)
     edges = [
         datetime(2024, 2, 29, 23, 59, 59, 999000, tzinfo=UTC),
         datetime(2024, 3, 1, tzinfo=UTC),
         datetime(1970, 1, 1, tzinfo=UTC),
         datetime(2199, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
     ]
-    for _ in range(2_000):
+    ids = []
+    for _ in range(count):
         if rng.random() < 0.5:  # a time at a month's edge
             ms = max(int(rng.choice(edges).timestamp() * 1000) + rng.choice((-1, 0, 1)), 0)
-        else:  # any time a datetime can hold
+        else:
             ms = rng.randrange(253_402_300_800_000)
-        value = (rng.getrandbits(80)) | (ms << 80)
+        value = rng.getrandbits(80) | (ms << 80)
         for version, variant in itertools.product((4, 7, 8), (0b00, 0b10, 0b11)):
             bits = (value & ~(0xF << 76) & ~(0x3 << 62)) | (version << 76) | (variant << 62)
-            event_id = uuid.UUID(int=bits)
-            # Then the reading from the integer is the stdlib's, and so is the month
-            assert is_time_ordered(event_id) is (event_id.version == 7), event_id
-            if event_id.version == 7:
-                made = datetime.fromtimestamp((bits >> 80) / 1000, UTC)
-                assert event_id_month(event_id) == date(made.year, made.month, 1), event_id
-            else:
-                assert event_id_month(event_id) == UNTIMED
+            ids.append(uuid.UUID(int=bits))
+    return ids
+
+
+def test_time_ordered_ids_and_their_months_read_from_bits_equal_the_stdlib_reading() -> None:
+    for event_id in edge_ids(21, 2_000):
+        # The reading from the integer is the stdlib's, and so is the month
+        assert is_time_ordered(event_id) is (event_id.version == 7), event_id
+        if event_id.version == 7:
+            made = datetime.fromtimestamp((event_id.int >> 80) / 1000, UTC)
+            assert event_id_month(event_id) == date(made.year, made.month, 1), event_id
+        else:
+            assert event_id_month(event_id) == UNTIMED
+
+
+async def test_the_month_of_every_kind_of_id_in_sql_equals_the_python_rule(
+    db: DatabaseManager,
+) -> None:
+    ids = edge_ids(7, 500)
+    statement = text(
+        f"SELECT {event_id_month_sql('e')} FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY"
+        " AS t(e, n) ORDER BY n"
+    )
+    async with db.engine.connect() as conn:
+        months = (await conn.execute(statement, {"ids": ids})).scalars().all()
+    assert months == [event_id_month(e) for e in ids]
