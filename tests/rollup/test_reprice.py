@@ -152,6 +152,74 @@ async def test_reprice_follows_a_changed_price_and_keeps_the_old_row(db: Databas
     await assert_counter_derivable(db, org)
 
 
+async def test_a_call_in_a_context_without_a_price_is_unpriced_until_its_variant_row_exists(
+    db: DatabaseManager,
+) -> None:
+    # Given a model an operator priced for standard calls only, a batch call and a standard one
+    org = await provisioned_org(db)
+    model = f"acme-ft-{uuid.uuid4().hex[:8]}"
+    async with db.session() as session:
+        await session.execute(
+            text(
+                "INSERT INTO model_pricing (provider, model, effective_from, input_per_mtok,"
+                " output_per_mtok, origin) VALUES ('openai', :m, '2024-01-01', 2, 8, 'operator')"
+            ),
+            {"m": model},
+        )
+    batch = make_event(org, model=model, processing="batch")
+    standard = make_event(org, model=model)
+    await _write(db, batch, standard)
+    day = batch.occurred_at.date()
+    await run_rollup(db, [day], wait=True)
+    event_sql = (
+        "SELECT cost_usd, unpriced_reason, price_variant FROM usage_events WHERE event_id = :e"
+    )
+    # Then the batch call is unpriced (never priced as the standard call), the standard one is
+    assert tuple(await _one(db, event_sql, e=batch.event_id)) == (
+        None,
+        "unknown_variant",
+        "processing=batch",
+    )
+    standard_cost = Decimal(1000 * 2 + 100 * 8) / 10**6
+    assert (await _one(db, event_sql, e=standard.event_id)).cost_usd == standard_cost
+    # When the operator adds the batch price (half) and re-prices the unpriced events
+    async with db.session() as session:
+        await session.execute(
+            text(
+                "INSERT INTO model_pricing (provider, model, effective_from, input_per_mtok,"
+                " output_per_mtok, origin, variant) VALUES ('openai', :m, '2024-01-01', 1, 4,"
+                " 'operator', 'processing=batch')"
+            ),
+            {"m": model},
+        )
+    result = await reprice(db, first=day, last=day, unpriced_only=True)
+    # Then the batch call costs the batch price, the standard one did not move, and the day's
+    # summaries (one per price context) and the counters agree
+    assert result.changed == 1
+    assert tuple(await _one(db, event_sql, e=batch.event_id)) == (
+        standard_cost / 2,
+        None,
+        "processing=batch",
+    )
+    assert (await _one(db, event_sql, e=standard.event_id)).cost_usd == standard_cost
+    async with db.engine.connect() as conn:
+        summaries = (
+            await conn.execute(
+                text(
+                    "SELECT price_variant, cost_usd, unpriced_count FROM usage_daily_summaries"
+                    " WHERE organization_id = :o AND day = :d ORDER BY price_variant"
+                ),
+                {"o": org, "d": day},
+            )
+        ).all()
+    assert [tuple(r) for r in summaries] == [
+        ("", standard_cost, 0),
+        ("processing=batch", standard_cost / 2, 0),
+    ]
+    assert (await UsageService(db).get_usage(org)).cost_usd_period == standard_cost * 3 / 2
+    await assert_counter_derivable(db, org)
+
+
 def test_reprice_command_dry_run_prints_the_differences(
     database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
