@@ -274,7 +274,17 @@ FROM updated
 Unpriced = tuple[str, str, str]
 # The organization of an unpriced event, and its (provider, model, reason).
 UnpricedOf = tuple[uuid.UUID, Unpriced]
-_event_values = attrgetter(*_EVENT_FIELDS)
+# The event's fields before and after its price context (a property, computed once per event).
+_VARIANT_AT = _EVENT_FIELDS.index("price_variant")
+_fields_before = attrgetter(*_EVENT_FIELDS[:_VARIANT_AT])
+_fields_after = attrgetter(*_EVENT_FIELDS[_VARIANT_AT + 1 :])
+
+
+def _event_values(e: UsageEvent, variant: str) -> tuple[Any, ...]:
+    after = _fields_after(e)
+    return (*_fields_before(e), variant, *(after if isinstance(after, tuple) else (after,)))
+
+
 # What orjson cannot write, serialized as the event model serializes its fields.
 _ROWS_JSON: TypeAdapter[list[tuple[Any, ...]]] = TypeAdapter(list[tuple[Any, ...]])
 
@@ -330,21 +340,17 @@ def event_params(
     price_rows: set[int] = set()
     unpriced: list[UnpricedOf] = []
     for e in events:
+        variant = e.price_variant
         found = prices.lookup(
-            e.provider,
-            e.model,
-            e.occurred_at,
-            e.input_tokens,
-            e.price_variant,
-            e.web_search_requests,
+            e.provider, e.model, e.occurred_at, e.input_tokens, variant, e.web_search_requests
         )
         if found.price is None:
-            rows.append((*_event_values(e), None, found.reason))
+            rows.append((*_event_values(e, variant), None, found.reason))
             unpriced.append(
                 (e.organization_id, (e.provider, e.model, found.reason or NO_PRICE_ROW))
             )
         else:
-            rows.append((*_event_values(e), found.price.id, None))
+            rows.append((*_event_values(e, variant), found.price.id, None))
             if found.price.id is not None:
                 price_rows.add(found.price.id)
     organizations = len({e.organization_id for e in events})
