@@ -363,6 +363,9 @@ async def test_the_ai_service_under_uvicorn_answers_a_denied_hold_with_429(
     body = response.json()
     assert (body["error"], body["used"], body["remaining"]) == ("token_limit_exceeded", 0, 100)
     assert body["limit"] == 100_000
+    # And says when to retry: when the period ends
+    assert body["period_end"] is not None
+    assert int(response.headers["Retry-After"]) > 0
 
 
 async def test_the_ai_service_under_uvicorn_without_its_database_fails_open_or_answers_503(

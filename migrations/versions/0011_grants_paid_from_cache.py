@@ -4,8 +4,10 @@ The consumer's batch pays what usage beyond a plan takes from credit grants out 
 live remaining and keeps it as grants_pending, owed by the grants live at grants_cached_at
 (in burn order); every writer of grants takes it from the rows first
 (biz2bricks_core.credits: owed, FLUSH_GRANTS). Readers subtract what the rows owe, so
-usage_reserve_tokens is reinstalled with the new reading of the live grants (a frozen copy of
-biz2bricks_core.holds.function_ddl("usage_reserve_tokens")). The columns are added with
+usage_reserve_tokens is reinstalled with the new reading of the live grants, and returns the
+counters' period_end too (a refused hold's 429 carries Retry-After, as a refused token check's
+does): a frozen copy of biz2bricks_core.holds.function_ddl("usage_reserve_tokens"). A new
+result column means DROP and CREATE (callers hold no reference to the function). The columns are added with
 defaults PostgreSQL stores once (no table rewrite; grants_cached_at takes the migration's
 time, then new rows get NULL); a brief lock of usage_limits.
 
@@ -29,7 +31,8 @@ down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-USAGE_RESERVE_TOKENS = """CREATE OR REPLACE FUNCTION usage_reserve_tokens(p_org uuid, p_tokens bigint, p_ttl_s double precision) RETURNS TABLE (allowed boolean, reservation_id uuid, used bigint, reserved bigint, allowance bigint, reason text, expires_at timestamptz, expired_holds integer) LANGUAGE plpgsql VOLATILE AS $fn$
+DROP_RESERVE_TOKENS = "DROP FUNCTION usage_reserve_tokens(uuid, bigint, double precision)"
+USAGE_RESERVE_TOKENS = """CREATE OR REPLACE FUNCTION usage_reserve_tokens(p_org uuid, p_tokens bigint, p_ttl_s double precision) RETURNS TABLE (allowed boolean, reservation_id uuid, used bigint, reserved bigint, allowance bigint, reason text, expires_at timestamptz, expired_holds integer, period_end timestamptz) LANGUAGE plpgsql VOLATILE AS $fn$
 #variable_conflict use_column
 DECLARE
     lim record;
@@ -57,13 +60,13 @@ BEGIN
         ) <> 'token_limit_exceeded'
     RETURNING CASE WHEN now() >= l.period_end THEN 0 ELSE l.tokens_used_period END AS used,
         l.tokens_reserved AS reserved, (l.token_limit + CASE WHEN now() >= l.period_end THEN 0 ELSE l.grants_consumed_period END + l.grants_remaining) AS allowance,
-        l.soft_limit AS soft_limit INTO lim;
+        l.soft_limit AS soft_limit, l.period_end AS period_end INTO lim;
     IF FOUND THEN
         INSERT INTO usage_token_holds (organization_id, tokens, expires_at)
         VALUES (p_org, p_tokens, v_expires) RETURNING id INTO v_id;
         RETURN QUERY SELECT true, v_id, lim.used, lim.reserved, lim.allowance,
             usage_token_reason(lim.used, lim.reserved - p_tokens, p_tokens, lim.allowance,
-                lim.soft_limit), v_expires, 0;
+                lim.soft_limit), v_expires, 0, lim.period_end;
         RETURN;
     END IF;
     -- Otherwise: unknown organization, unlimited plan, holds to sweep, grants that started or
@@ -76,7 +79,7 @@ BEGIN
     END IF;
     IF lim.token_limit IS NULL THEN  -- unlimited: nothing to hold, no lock taken
         RETURN QUERY SELECT true, NULL::uuid, CASE WHEN now() >= lim.period_end THEN 0 ELSE lim.tokens_used_period END, lim.tokens_reserved,
-            NULL::bigint, 'unlimited'::text, NULL::timestamptz, 0;
+            NULL::bigint, 'unlimited'::text, NULL::timestamptz, 0, lim.period_end;
         RETURN;
     END IF;
     PERFORM 1 FROM usage_limits l WHERE l.organization_id = p_org FOR UPDATE;
@@ -108,7 +111,7 @@ BEGIN
             WHERE l.organization_id = p_org;
         END IF;
         RETURN QUERY SELECT false, NULL::uuid, v_used, v_reserved, v_allowance, v_reason,
-            NULL::timestamptz, v_expired;
+            NULL::timestamptz, v_expired, lim.period_end;
         RETURN;
     END IF;
     INSERT INTO usage_token_holds (organization_id, tokens, expires_at)
@@ -117,7 +120,7 @@ BEGIN
         holds_next_expiry = least(v_next, v_expires)
     WHERE l.organization_id = p_org;
     RETURN QUERY SELECT true, v_id, v_used, v_reserved + p_tokens, v_allowance, v_reason,
-        v_expires, v_expired;
+        v_expires, v_expired, lim.period_end;
 END
 $fn$
 """
@@ -231,6 +234,7 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f("ck_usage_limits_grants_pending_nonnegative"), "usage_limits", "grants_pending >= 0"
     )
+    op.execute(DROP_RESERVE_TOKENS)
     op.execute(USAGE_RESERVE_TOKENS)
 
 
@@ -250,6 +254,7 @@ def downgrade() -> None:
             " run `biz2bricks-rollup run` (it flushes them) with the consumers stopped, then"
             " downgrade"
         )
+    op.execute(DROP_RESERVE_TOKENS)
     op.execute(USAGE_RESERVE_TOKENS_0008)
     op.drop_constraint(
         op.f("ck_usage_limits_grants_pending_nonnegative"), "usage_limits", type_="check"

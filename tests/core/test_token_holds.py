@@ -93,6 +93,7 @@ async def test_a_hold_reports_the_org_totals_and_an_aware_expiry(db: DatabaseMan
     assert timedelta(seconds=50) < hold.expires_at - datetime.now(UTC) <= timedelta(seconds=60)
     assert first.expires_at is not None
     assert first.expires_at - datetime.now(UTC) > timedelta(seconds=800)  # USAGE_HOLD_TTL_S 900
+    assert hold.period_end == first.period_end == (await counters(db, org))["period_end"]
     await assert_counter_derivable(db, org)
 
 
@@ -163,6 +164,7 @@ async def test_a_refusal_changes_nothing(db: DatabaseManager) -> None:
     before = await counters(db, org)
     refused = await UsageService(db).reserve_tokens(org, 501)
     assert (refused.allowed, refused.reservation_id, refused.remaining) == (False, None, 500)
+    assert refused.period_end == before["period_end"]  # when it may be asked again
     assert await holds_of(db, org) == []
     after = await counters(db, org)
     assert (after["tokens_reserved"], after["holds_next_expiry"]) == (

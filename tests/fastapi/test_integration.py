@@ -44,6 +44,11 @@ def make_app(**lifespan_options: Any) -> FastAPI:
         require_allowed(await usage.check_token_limit(organization_id, estimated_tokens=10))
         return {"allowed": True}
 
+    @app.post("/holds/{organization_id}")
+    async def hold(organization_id: str, usage: UsageDep) -> dict[str, bool]:
+        require_allowed(await usage.reserve_tokens(organization_id, 10))
+        return {"held": True}
+
     @app.post("/uploads/{organization_id}")
     async def upload(organization_id: str, size_bytes: int, usage: UsageDep) -> dict[str, int]:
         decision = require_allowed(await usage.reserve_storage(organization_id, size_bytes))
@@ -110,6 +115,29 @@ async def test_a_denied_token_check_is_429_with_the_remaining_allowance_and_peri
     body = response.json()
     assert (body["error"], body["remaining"]) == ("token_limit_exceeded", 4)
     assert body["period_end"] is not None
+    assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_a_denied_hold_is_429_with_the_period_end_and_retry_after(
+    db: DatabaseManager,
+) -> None:
+    # Given an organization 4 tokens under its limit
+    org = await provisioned_org(db, plan="free")
+    async with db.session() as session:
+        await session.execute(NEAR_LIMIT, {"o": org})
+        period_end = (
+            await session.execute(
+                text("SELECT period_end FROM usage_limits WHERE organization_id = :o"), {"o": org}
+            )
+        ).scalar_one()
+    # When a hold of 10 tokens is asked for through require_allowed
+    async with running(make_app(producer=False)) as client:
+        response = await client.post(f"/holds/{org}")
+    # Then 429 names the period's end and says when to retry, as a refused check does
+    assert response.status_code == 429, response.text
+    body = response.json()
+    assert (body["error"], body["remaining"]) == ("token_limit_exceeded", 4)
+    assert body["period_end"] == period_end.isoformat()
     assert int(response.headers["Retry-After"]) > 0
 
 

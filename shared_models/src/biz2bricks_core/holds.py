@@ -83,13 +83,13 @@ BEGIN
         ) <> 'token_limit_exceeded'
     RETURNING {_USED} AS used,
         l.tokens_reserved AS reserved, {_ALLOWANCE} AS allowance,
-        l.soft_limit AS soft_limit INTO lim;
+        l.soft_limit AS soft_limit, l.period_end AS period_end INTO lim;
     IF FOUND THEN
         INSERT INTO usage_token_holds (organization_id, tokens, expires_at)
         VALUES (p_org, p_tokens, v_expires) RETURNING id INTO v_id;
         RETURN QUERY SELECT true, v_id, lim.used, lim.reserved, lim.allowance,
             usage_token_reason(lim.used, lim.reserved - p_tokens, p_tokens, lim.allowance,
-                lim.soft_limit), v_expires, 0;
+                lim.soft_limit), v_expires, 0, lim.period_end;
         RETURN;
     END IF;
     -- Otherwise: unknown organization, unlimited plan, holds to sweep, grants that started or
@@ -102,7 +102,7 @@ BEGIN
     END IF;
     IF lim.token_limit IS NULL THEN  -- unlimited: nothing to hold, no lock taken
         RETURN QUERY SELECT true, NULL::uuid, {_LIM_USED}, lim.tokens_reserved,
-            NULL::bigint, 'unlimited'::text, NULL::timestamptz, 0;
+            NULL::bigint, 'unlimited'::text, NULL::timestamptz, 0, lim.period_end;
         RETURN;
     END IF;
     PERFORM 1 FROM usage_limits l WHERE l.organization_id = p_org FOR UPDATE;
@@ -134,7 +134,7 @@ BEGIN
             WHERE l.organization_id = p_org;
         END IF;
         RETURN QUERY SELECT false, NULL::uuid, v_used, v_reserved, v_allowance, v_reason,
-            NULL::timestamptz, v_expired;
+            NULL::timestamptz, v_expired, lim.period_end;
         RETURN;
     END IF;
     INSERT INTO usage_token_holds (organization_id, tokens, expires_at)
@@ -143,7 +143,7 @@ BEGIN
         holds_next_expiry = least(v_next, v_expires)
     WHERE l.organization_id = p_org;
     RETURN QUERY SELECT true, v_id, v_used, v_reserved + p_tokens, v_allowance, v_reason,
-        v_expires, v_expired;
+        v_expires, v_expired, lim.period_end;
 END
 """
 
@@ -177,7 +177,8 @@ _SIGNATURES: Final = {
     "usage_reserve_tokens": (
         "(p_org uuid, p_tokens bigint, p_ttl_s double precision)"
         " RETURNS TABLE (allowed boolean, reservation_id uuid, used bigint, reserved bigint,"
-        " allowance bigint, reason text, expires_at timestamptz, expired_holds integer)"
+        " allowance bigint, reason text, expires_at timestamptz, expired_holds integer,"
+        " period_end timestamptz)"
         " LANGUAGE plpgsql VOLATILE"
     ),
     "usage_release_tokens": "(p_id uuid) RETURNS boolean LANGUAGE plpgsql VOLATILE",
@@ -268,6 +269,9 @@ class TokenHold:
     remaining: int | None
     reason: str
     expires_at: datetime | None
+    # The end of the counters' period (as stored): a refused hold may be retried then, and
+    # the FastAPI integration's 429 says so in Retry-After, as for a refused token check.
+    period_end: datetime | None = None
 
 
 def hold_from_row(row: Any) -> TokenHold:
@@ -282,4 +286,5 @@ def hold_from_row(row: Any) -> TokenHold:
         remaining=remaining(None if allowance is None else int(allowance), used, reserved),
         reason=row["reason"],
         expires_at=row["expires_at"],
+        period_end=row["period_end"],
     )
