@@ -43,6 +43,7 @@ def test_a_variant_prices_from_its_own_row_and_an_unknown_one_is_unpriced() -> N
     assert BOOK.lookup("p", "m", at, 10, "service_tier=flex").reason == "unknown_variant"
     # before the variant's first price: unpriced, not the standard price
     assert BOOK.lookup("p", "m", T0, 10, "processing=batch").price is None
+    assert BOOK.lookup("p", "m", T0, 10, "processing=batch").reason == "unknown_variant"
 
 
 def test_web_searches_need_a_web_search_price() -> None:

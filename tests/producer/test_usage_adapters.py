@@ -73,3 +73,74 @@ def test_gemini_sdk_spelling_is_read_like_the_rest_api() -> None:
 def test_an_unknown_or_malformed_usage_is_an_invalid_event(usage: Any) -> None:
     with pytest.raises(InvalidEventError):
         token_fields(usage)
+
+
+# Review of issue 25: real payloads the adapters must read.
+def test_anthropic_inference_geo_not_available_is_the_standard_price() -> None:
+    """Every Anthropic model before Opus 4.6 reports ``inference_geo: "not_available"``."""
+    from biz2bricks_core.pricing import price_variant
+    from biz2bricks_producer.usage_adapters import usage_fields
+
+    usage = {
+        "input_tokens": 2,
+        "output_tokens": 368,
+        "cache_read_input_tokens": 44408,
+        "cache_creation_input_tokens": 748,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 748},
+        "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+        "service_tier": "standard",
+        "inference_geo": "not_available",
+    }
+    got = usage_fields({"type": "message", "usage": usage})
+    assert "route" not in got
+    assert price_variant(got.get("processing"), got.get("service_tier"), None, None) == ""
+    assert price_variant(route="not_available") == ""
+
+
+def test_a_whole_response_with_bytes_datetimes_and_deep_tool_arguments_is_read() -> None:
+    import datetime as dt
+
+    from biz2bricks_producer.usage_adapters import usage_fields
+
+    deep: dict[str, object] = {}
+    for _ in range(20):
+        deep = {"x": deep}
+    response = {
+        "create_time": dt.datetime.now(dt.UTC),  # Vertex AI responses
+        "candidates": [{"content": {"parts": [{"thought_signature": b"\x01", "args": deep}]}}],
+        "usage_metadata": {
+            "prompt_token_count": 1000,
+            "candidates_token_count": 10,
+            "cached_content_token_count": 800,
+        },
+    }
+    got = usage_fields(response)
+    assert (got["input_tokens"], got["cache_read_tokens"]) == (1000, 800)
+
+
+def test_a_count_inside_an_opaque_value_is_refused() -> None:
+    import pytest
+
+    from biz2bricks_core.errors import InvalidEventError
+    from biz2bricks_producer.usage_adapters import token_fields
+
+    with pytest.raises(InvalidEventError, match="unknown shape"):
+        token_fields({"prompt_tokens": 10, "prompt_tokens_details": b"cached"})
+
+
+def test_langchain_usage_metadata_keeps_its_cached_tokens() -> None:
+    from biz2bricks_producer.usage_adapters import token_fields
+
+    usage = {
+        "input_tokens": 1500,
+        "output_tokens": 200,
+        "total_tokens": 1700,
+        "input_token_details": {"cache_read": 1000, "cache_creation": 200},
+        "output_token_details": {"reasoning": 50},
+    }
+    got = token_fields(usage)
+    assert (got["input_tokens"], got["cache_read_tokens"], got["cache_write_tokens"]) == (
+        1500,
+        1000,
+        200,
+    )

@@ -58,12 +58,44 @@ _SCALARS: Final = (str, int, float, bool, type(None))
 _MAX_DEPTH: Final = 12
 
 
+class _Opaque:
+    """A value inside a response that no count is read from (bytes, datetimes, enums, a
+    tool call's deeply nested arguments): kept opaque, an error only if a count is read there."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+def _proto_dict(value: Any) -> Mapping[str, Any] | None:
+    """A proto-plus or protobuf message as a mapping (Vertex AI and google-generativeai
+    ``usage_metadata``), or None when ``value`` is neither."""
+    to_dict = getattr(type(value), "to_dict", None)  # proto-plus: a classmethod of the type
+    if callable(to_dict) and hasattr(type(value), "pb"):
+        dumped = to_dict(value, preserving_proto_field_name=True)
+        return dumped if isinstance(dumped, Mapping) else None
+    if hasattr(value, "DESCRIPTOR") and hasattr(value, "ListFields"):  # raw protobuf
+        from google.protobuf.json_format import MessageToDict
+
+        return MessageToDict(value, preserving_proto_field_name=True)
+    return None
+
+
 def _plain(value: Any, depth: int = 0) -> Any:
-    """``value`` as plain mappings, lists and scalars, whatever object shape carries it."""
+    """``value`` as plain mappings, lists and scalars, whatever object shape carries it.
+
+    Only the top level must be an object: a nested value of another kind (bytes, a datetime,
+    an object nested past _MAX_DEPTH) stays opaque, and reading a count there is an error
+    (``_int``), so a whole response with unrelated fields is read, never silently zeroed.
+    """
     if isinstance(value, _SCALARS):
         return value
     if depth > _MAX_DEPTH:
-        raise InvalidEventError("usage: nested deeper than any provider's usage object")
+        return _Opaque("nested too deep")
     if isinstance(value, Mapping):
         return {str(k): _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -74,6 +106,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
             dumped = dump()
             if isinstance(dumped, Mapping):
                 return _plain(dumped, depth + 1)
+    proto = _proto_dict(value)
+    if proto is not None:
+        return _plain(proto, depth + 1)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: _plain(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)
@@ -81,6 +116,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
     attributes = getattr(value, "__dict__", None)
     if isinstance(attributes, dict) and not isinstance(value, type):
         return {k: _plain(v, depth + 1) for k, v in attributes.items() if not k.startswith("_")}
+    if depth > 0:
+        return _Opaque(type(value).__name__)
     raise InvalidEventError(
         f"usage: unknown shape {type(value).__name__} (not a mapping, pydantic model, "
         "dataclass or attribute object)"
@@ -100,9 +137,12 @@ def _as_mapping(usage: Any) -> Mapping[str, Any]:
 def _int(usage: Mapping[str, Any], *path: str) -> int:
     """The count at ``path`` (0 when absent or null); anything but an int is an error."""
     value: Any = usage
-    for step in path:
-        if not isinstance(value, Mapping):
+    for index, step in enumerate(path):
+        if value is None:
             return 0
+        if not isinstance(value, Mapping):
+            where = ".".join(path[:index])
+            raise InvalidEventError(f"usage.{where}: unknown shape {value!r}, not an object")
         value = value.get(step)
     if value is None:
         return 0
@@ -148,6 +188,19 @@ def _anthropic(u: Mapping[str, Any]) -> TokenFields:
     )
 
 
+def _langchain(u: Mapping[str, Any]) -> TokenFields:
+    """LangChain's ``UsageMetadata`` (``AIMessage.usage_metadata``): ``input_tokens`` already
+    includes ``input_token_details.cache_read`` and ``cache_creation``."""
+    write = _int(u, "input_token_details", "cache_creation")
+    return _fields(
+        _int(u, "input_tokens"),
+        _int(u, "output_tokens"),
+        _int(u, "input_token_details", "cache_read"),
+        write,
+        min(write, _int(u, "input_token_details", "ephemeral_1h_input_tokens")),
+    )
+
+
 def _bedrock_converse(u: Mapping[str, Any]) -> TokenFields:
     read, write = _int(u, "cacheReadInputTokens"), _int(u, "cacheWriteInputTokens")
     write_1h = sum(
@@ -180,6 +233,7 @@ _SHAPES: list[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], TokenFields]]
     (("candidatesTokenCount", "total_token_count", "totalTokenCount"), _gemini),
     (("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation"), _anthropic),
     (("input_tokens_details", "output_tokens_details"), _openai_responses),
+    (("input_token_details", "output_token_details"), _langchain),
     (("inputTokens", "outputTokens"), _bedrock_converse),
     (("input_tokens",), _anthropic),  # neither cached nor detailed: the same fields either way
 ]
@@ -241,6 +295,11 @@ def _text(value: Any, name: str) -> str | None:
     return value.strip().lower() or None
 
 
+# Anthropic reports ``inference_geo: "not_available"`` for models without geo routing
+# (every model before Opus 4.6): no region was chosen, the standard price applies.
+_NO_GEO: Final = frozenset({"not_available"})
+
+
 def _context(body: Mapping[str, Any], batch: bool) -> ContextFields:
     usage = _usage_of(body)
     found = ContextFields()
@@ -259,7 +318,7 @@ def _context(body: Mapping[str, Any], batch: bool) -> ContextFields:
     geo = _text(usage.get("inference_geo"), "inference_geo") or _text(
         body.get("inference_geo"), "inference_geo"
     )
-    if geo is not None:
+    if geo is not None and geo not in _NO_GEO:
         found["route"] = geo
     searches = _int(usage, "server_tool_use", "web_search_requests")
     output = body.get("output")

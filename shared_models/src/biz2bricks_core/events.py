@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
+    StringConstraints,
     ValidationError,
     field_validator,
 )
@@ -64,9 +65,21 @@ Label = Annotated[str, Field(min_length=1, max_length=100)]
 OptionalText = Annotated[str | None, Field(default=None, max_length=200)]
 # A price-context value as providers report it (``batch``, ``flex``, ``us``, ``mistral/eu``):
 # lower case, no spaces; biz2bricks_core.pricing.price_variant composes the row key from it.
+# Lower-cased first (in pydantic-core: "Flex" and "flex" are the same tier, and an event is
+# never dropped for its case).
 ContextValue = Annotated[
-    str | None,
-    Field(default=None, min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_./:-]*$"),
+    Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True,
+            to_lower=True,
+            min_length=1,
+            max_length=40,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:-]*$",  # checked before to_lower
+        ),
+    ]
+    | None,
+    Field(default=None),
 ]
 
 

@@ -82,7 +82,8 @@ STANDARD_VALUES: Final[dict[str, frozenset[str]]] = {
     "processing": frozenset({"standard", "sync", "realtime"}),
     "service_tier": frozenset({"default", "standard", "auto", "on_demand"}),
     "speed": frozenset({"standard", "normal"}),
-    "route": frozenset({"global"}),
+    # Anthropic names "not_available" where a model has no geo routing (standard price).
+    "route": frozenset({"global", "not_available"}),
 }
 STANDARD: Final = ""
 
@@ -376,4 +377,11 @@ class PriceBook:
                 return PriceLookup(price)
         if chain and not variant_known:
             return PriceLookup(None, UNKNOWN_VARIANT)
+        if variant_known and variant != STANDARD:
+            # Before the variant's first price the model has a standard price but not this
+            # context's: the context is what is unknown at that time (as the README says).
+            for variants in chain:
+                standard = variants.get(STANDARD)
+                if standard is not None and standard.at(at, input_tokens) is not None:
+                    return PriceLookup(None, UNKNOWN_VARIANT)
         return PriceLookup(None, reason)
