@@ -208,6 +208,30 @@ CASES: Final[list[ContextCase]] = [
         {},
     ),
     ContextCase(
+        # As the API returns it today for every model before Opus 4.6 (review of issue 25).
+        "anthropic inference_geo not_available (a model without geo routing) is standard",
+        "anthropic",
+        "claude-sonnet-4-5",
+        {
+            "type": "message",
+            "model": "claude-sonnet-4-5-20250929",
+            "usage": {
+                "input_tokens": 2,
+                "cache_creation_input_tokens": 748,
+                "cache_read_input_tokens": 44408,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 0,
+                    "ephemeral_1h_input_tokens": 748,
+                },
+                "output_tokens": 368,
+                "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+                "service_tier": "standard",
+                "inference_geo": "not_available",
+            },
+        },
+        {},
+    ),
+    ContextCase(
         "openai priority on a model without that tier: unpriced, never standard",
         "openai",
         "gpt-3.5-turbo",
