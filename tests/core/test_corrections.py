@@ -252,3 +252,30 @@ async def test_an_amendment_moves_usage_to_the_right_organization_and_model(
         await service.amend_event(new_id, reason="x", request_id="nope")
     with pytest.raises(InvalidArgumentError, match="voided"):
         await service.amend_event(event.event_id, reason="x", model="gpt-4.1")
+
+
+async def test_an_amendment_corrects_the_price_context_of_a_call(
+    db: DatabaseManager, writer: BatchWriter
+) -> None:
+    # Given a call sent through the batch API but recorded as a standard one
+    org = await provisioned_org(db)
+    service = UsageService(db)
+    event = make_event(org, model="gpt-4o", input_tokens=2_000, output_tokens=500)
+    await writer.write(build_batch([message_for(event)]))
+    # When it is amended to its batch context (and retried)
+    new_id = await service.amend_event(event.event_id, reason="batch API", processing="batch")
+    again = await service.amend_event(event.event_id, reason="retry", processing="batch")
+    # Then the replacing event is priced by the batch row, at half the standard cost
+    async with db.engine.connect() as conn:
+        rows = {
+            r.event_id: r
+            for r in await conn.execute(
+                text("SELECT * FROM usage_events WHERE event_id IN (:a, :b)"),
+                {"a": event.event_id, "b": new_id},
+            )
+        }
+    assert again == new_id
+    assert rows[new_id].price_variant == "processing=batch"
+    assert rows[new_id].cost_usd * 2 == rows[event.event_id].cost_usd
+    assert (await counters(db, org))["cost_usd_period"] == rows[new_id].cost_usd
+    await assert_counter_derivable(db, org)

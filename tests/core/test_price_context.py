@@ -62,6 +62,38 @@ def test_the_sonnet_4_long_context_supplement_names_its_page_and_gives_way() -> 
     assert len(with_supplements(catalogue_has_it, SUPPLEMENTS)) == len(rows)
 
 
+def test_a_price_context_of_a_supplemented_model_gets_the_tier_at_its_own_ratio() -> None:
+    # Given the catalogue's standard Sonnet 4 row and a batch row at half its prices
+    [standard] = [
+        r
+        for r in catalogue_rows()
+        if r["model"] == "claude-sonnet-4-0"
+        and r["provider"] == "anthropic"
+        and not r["above_input_tokens"]
+        and not r.get("variant")
+    ]
+    batch = {
+        **standard,
+        "variant": "processing=batch",
+        "input_per_mtok": str(Decimal(standard["input_per_mtok"]) / 2),
+        "output_per_mtok": str(Decimal(standard["output_per_mtok"]) / 2),
+    }
+    orphan = {**batch, "variant": "service_tier=flex", "effective_from": "2099-01-01"}
+    # When the supplement is applied
+    rows = with_supplements([standard, batch, orphan], SUPPLEMENTS)
+    tiers = {
+        r["variant"]: (Decimal(r["input_per_mtok"]), Decimal(r["output_per_mtok"]))
+        for r in rows
+        if r["above_input_tokens"]
+    }
+    # Then the batch tier is half the long-context price, the standard one the page's, and a
+    # context with no standard version to compare with gets none
+    assert tiers == {
+        "": (Decimal(6), Decimal("22.5")),
+        "processing=batch": (Decimal(3), Decimal("11.25")),
+    }
+
+
 @dataclass
 class Details:
     cached_tokens: int

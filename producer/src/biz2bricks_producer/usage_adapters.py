@@ -81,7 +81,8 @@ def _proto_dict(value: Any) -> Mapping[str, Any] | None:
     if hasattr(value, "DESCRIPTOR") and hasattr(value, "ListFields"):  # raw protobuf
         from google.protobuf.json_format import MessageToDict
 
-        return MessageToDict(value, preserving_proto_field_name=True)
+        message: dict[str, Any] = MessageToDict(value, preserving_proto_field_name=True)
+        return message
     return None
 
 

@@ -31,9 +31,13 @@ from biz2bricks_core.recording import record_events
 
 __all__ = ["AMENDABLE", "amend_event"]
 
+# The call's price context as the event names it (stored as its price_variant).
+CONTEXT: Final = frozenset({"processing", "service_tier", "speed", "route"})
 # What an amendment may change; the rest of the event (request id, metadata) carries over.
-AMENDABLE: Final = frozenset(
+# The price context too: a batch call recorded as a standard one is corrected by an amendment.
+AMENDABLE: Final = CONTEXT | frozenset(
     {
+        "web_search_requests",
         "organization_id",
         "user_id",
         "provider",
@@ -117,12 +121,18 @@ def _amended(original: Any, changes: dict[str, Any]) -> UsageEvent:
         raise InvalidArgumentError(f"the amended event is invalid: {error.reason}") from None
 
 
+def _stored_as(stored: Any, amended: UsageEvent) -> bool:
+    """Whether a stored event carries what ``amended`` would (its context as price_variant)."""
+    same = all(stored[name] == getattr(amended, name) for name in AMENDABLE - CONTEXT)
+    return same and stored["price_variant"] == amended.price_variant
+
+
 async def _same_amendment(conn: Any, original: Any, amended: UsageEvent) -> uuid.UUID:
     """A retry of an amendment returns its event; anything else on a voided event is refused."""
     new_id = await conn.fetchval(AMENDMENT, original["event_id"])
     if new_id is not None:
         stored = await conn.fetchrow(ORIGINAL, new_id)
-        if stored is not None and all(stored[name] == getattr(amended, name) for name in AMENDABLE):
+        if stored is not None and _stored_as(stored, amended):
             return uuid.UUID(str(new_id))
     hint = f" (its amendment is {new_id}: amend that one)" if new_id is not None else ""
     raise InvalidArgumentError(

@@ -56,7 +56,13 @@ SUPPLEMENTS: Final = (
 def with_supplements(
     rows: list[dict[str, Any]], supplements: Iterable[TierSupplement] = SUPPLEMENTS
 ) -> list[dict[str, Any]]:
-    """``rows`` plus a tier row per supplement and version of its model that has none."""
+    """``rows`` plus a tier row per supplement and version of its model that has none.
+
+    A version of a price context (a batch row, say) gets the tier scaled by that context's
+    ratio to the standard price of the same version (batch at half the standard input price:
+    the long-context tier at half too); a context without a standard version to compare with
+    gets no tier rather than the standard call's prices.
+    """
     out = list(rows)
     for s in supplements:
         bases = [
@@ -66,6 +72,7 @@ def with_supplements(
         ]
         if not bases:
             raise ValueError(f"supplement for {s.provider}/{s.model}: the catalogue lacks it")
+        standard = {r["effective_from"]: r for r in bases if not r.get("variant")}
         for base in bases:
             version = {k: base[k] for k in ("effective_from", "variant")}
             if any(
@@ -76,19 +83,29 @@ def with_supplements(
                 for r in rows
             ):
                 continue  # genai-prices has this tier now: its row wins
+            ratio = Decimal(1)
+            if base.get("variant"):
+                same_version = standard.get(base["effective_from"])
+                if same_version is None:
+                    continue
+                ratio = Decimal(base["input_per_mtok"]) / Decimal(same_version["input_per_mtok"])
             out.append(
                 {
                     **base,
                     "above_input_tokens": s.above_input_tokens,
-                    "input_per_mtok": str(s.input_per_mtok),
-                    "output_per_mtok": str(s.output_per_mtok),
-                    "cache_read_per_mtok": _text(s.cache_read_per_mtok),
-                    "cache_write_per_mtok": _text(s.cache_write_per_mtok),
-                    "cache_write_1h_per_mtok": _text(s.cache_write_1h_per_mtok),
+                    "input_per_mtok": _text(s.input_per_mtok * ratio),
+                    "output_per_mtok": _text(s.output_per_mtok * ratio),
+                    "cache_read_per_mtok": _scaled(s.cache_read_per_mtok, ratio),
+                    "cache_write_per_mtok": _scaled(s.cache_write_per_mtok, ratio),
+                    "cache_write_1h_per_mtok": _scaled(s.cache_write_1h_per_mtok, ratio),
                     "source": f"operator supplement: {s.page}",
                 }
             )
     return out
+
+
+def _scaled(value: Decimal | None, ratio: Decimal) -> str | None:
+    return None if value is None else _text(value * ratio)
 
 
 def _text(value: Decimal | None) -> str | None:
