@@ -76,6 +76,10 @@ def expected_cost(case: ContextCase, at: datetime) -> Decimal | None:
     ).total_price
 
 
+# Keywords a wrapper may pass as None: they never erase what the response says.
+NONE_KEYWORDS = ("processing", "service_tier", "speed", "route", "web_search_requests")
+
+
 async def test_the_whole_call_costs_what_genai_prices_or_the_provider_says_in_every_shape(
     db: DatabaseManager,
     consumer_settings: Callable[..., ConsumerSettings],
@@ -95,14 +99,18 @@ async def test_the_whole_call_costs_what_genai_prices_or_the_provider_says_in_ev
                 ("dict", case.body),
                 ("attributes", as_attributes(case.body)),
                 ("dataclasses", as_dataclasses(case.body)),
+                ("dict, None keywords", case.body),
             ):
+                keywords = dict(case.keywords or {})
+                if shape == "dict, None keywords":  # a wrapper forwarding its own defaults
+                    keywords = {k: None for k in NONE_KEYWORDS} | keywords
                 event_id = producer.record_usage(
                     organization_id=org,
                     provider=case.provider,
                     model=case.model,
                     usage=body,
                     occurred_at=at,
-                    **(case.keywords or {}),
+                    **keywords,
                 )
                 recorded[event_id] = (case, shape)
         assert producer.flush(timeout=30)

@@ -143,7 +143,9 @@ class UsageProducer:
         shape is a reject, never zero tokens. A whole response or batch result line also
         gives the price context (service tier, batch, web searches). ``fields`` are the other
         keywords of ``record_tokens`` (user_id, operation, request_id, occurred_at, metadata,
-        processing, service_tier, ...); they win over what the response names.
+        processing, service_tier, ...); they win over what the response names; a None is
+        not given (a wrapper forwarding its own defaults never erases what the response says:
+        ``processing=None`` keeps the batch line's ``batch``).
         """
         try:
             tokens = usage_fields(usage)
@@ -152,7 +154,8 @@ class UsageProducer:
         except Exception as error:  # never into the caller: bad data is counted, not raised
             reason = f"usage: {type(error).__name__}: {error}"
             return self._reject(fields.get("event_id") or uuid.uuid4(), reason)
-        merged: dict[str, Any] = {**tokens, **fields}
+        given = {k: v for k, v in fields.items() if v is not None}  # None: not given
+        merged: dict[str, Any] = {**tokens, **given}
         return self.record_tokens(
             organization_id=organization_id, provider=provider, model=model, **merged
         )
