@@ -144,3 +144,29 @@ def test_langchain_usage_metadata_keeps_its_cached_tokens() -> None:
         1000,
         200,
     )
+
+
+def test_a_gemini_batch_output_line_is_a_batch_call_with_its_counts() -> None:
+    from biz2bricks_producer.usage_adapters import usage_fields
+
+    # Given a line of a Gemini Batch API output file
+    line = {
+        "key": "request-17",
+        "response": {
+            "candidates": [{"content": {"parts": [{"text": "ok"}], "role": "model"}}],
+            "usageMetadata": {
+                "promptTokenCount": 1200,
+                "candidatesTokenCount": 80,
+                "cachedContentTokenCount": 1000,
+                "thoughtsTokenCount": 20,
+                "totalTokenCount": 1300,
+            },
+        },
+    }
+    # Then it is read as the response inside, priced as a batch call
+    got = usage_fields(line)
+    assert got["processing"] == "batch"
+    assert (got["input_tokens"], got["cache_read_tokens"]) == (1200, 1000)
+    assert got["output_tokens"] == 100  # thinking tokens are output
+    # And the same response alone is a standard call
+    assert "processing" not in usage_fields(line["response"])

@@ -29,7 +29,8 @@ The price context (``context_fields``) comes from the same objects: a response's
 ``priority``, ``batch``), Anthropic's ``speed`` and ``inference_geo``, web-search requests
 (Anthropic ``server_tool_use.web_search_requests``, OpenAI Responses ``web_search_call``
 output items), and batch results (an OpenAI batch output line ``{"response": {"body": ..}}``,
-an Anthropic batch result ``{"result": {"message": ..}}``), which are ``processing=batch``.
+an Anthropic batch result ``{"result": {"message": ..}}``, a Gemini batch output line
+``{"key": .., "response": {.., "usageMetadata": ..}}``), which are ``processing=batch``.
 """
 
 from __future__ import annotations
@@ -257,6 +258,12 @@ def _unwrap_batch(mapping: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
     result = mapping.get("result")
     if isinstance(result, Mapping) and isinstance(result.get("message"), Mapping):
         return result["message"], True  # Anthropic message batch result
+    if (
+        "key" in mapping
+        and isinstance(response, Mapping)
+        and any(k in response for k in ("usageMetadata", "usage_metadata"))
+    ):
+        return response, True  # Gemini batch output line: {"key": .., "response": {..}}
     return mapping, False
 
 
