@@ -19,10 +19,8 @@ import subprocess
 import symtable
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ from biz2bricks_producer import ProducerSettings, UsageProducer
 from tests.conftest import PROJECT_ID, PubSubNames
 from tests.factories import counters, make_event, provisioned_org, write_events
 from tests.producer.test_producer import pull_all
-from tests.support import ROOT, unique_name
+from tests.support import ROOT, ServerProcess, launch_server, unique_name
 
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 FRAGMENT = "# inside your coroutine, given "
@@ -210,58 +208,25 @@ async def test_the_void_fragment_gives_the_tokens_back(
 # Programs: the FastAPI apps under uvicorn (one server per app for the module), the script.
 
 
-@dataclass
-class Uvicorn:
-    """``uvicorn module:app`` on a free port, as the README runs the app."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int:
-        """SIGTERM, as a platform stops it; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-            raise
+# ``uvicorn module:app`` on a free port, as the README runs the app.
+Uvicorn = ServerProcess
 
 
 def start_uvicorn(block: str, name: str, directory: Path, **env: str) -> Uvicorn:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.py").write_text(block)
     port = find_free_port()
-    log = directory / f"{name}-{port}.log"
     environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     environment.update(env, PYTHONWARNINGS="ignore::DeprecationWarning")
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", f"{name}:app", "--port", str(port)],
-            cwd=directory,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Uvicorn(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, server.output()
-        try:
-            if httpx.get(f"{server.url}/openapi.json", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            pytest.fail(f"uvicorn did not answer within 60 s:\n{server.output()}")
-        time.sleep(0.1)
+    return launch_server(
+        [sys.executable, "-m", "uvicorn", f"{name}:app", "--port", str(port)],
+        url=f"http://127.0.0.1:{port}",
+        cwd=directory,
+        env=environment,
+        log=directory / f"{name}-{port}.log",
+        ready_path="/openapi.json",
+        timeout_s=60,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,25 +20,10 @@ from biz2bricks_devtools.localservices import find_free_port
 from biz2bricks_producer import ProducerSettings, UsageProducer
 from tests.conftest import PubSubNames
 from tests.producer.test_producer import pull_all
+from tests.support import ROOT, ServerProcess, launch_server
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Server:
-    """A server process and where it listens."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
-    def stop(self, timeout_s: float = 60) -> int:
-        """SIGTERM, as a platform does; the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_s)
+# A server the fixture started (the name the tests import).
+Server = ServerProcess
 
 
 @pytest.fixture
@@ -58,7 +42,6 @@ def serve(pubsub_names: PubSubNames, spool_dir: Path, tmp_path: Path) -> Iterato
             argv = [app, "--bind", f"127.0.0.1:{port}", *args]
         else:
             argv = [app, "--host", "127.0.0.1", "--port", str(port), *args]
-        log = tmp_path / f"{server}-{port}.log"
         environment = {
             **os.environ,
             "PUBSUB_PROJECT_ID": pubsub_names.project_id,
@@ -67,27 +50,17 @@ def serve(pubsub_names: PubSubNames, spool_dir: Path, tmp_path: Path) -> Iterato
             "PYTHONWARNINGS": "ignore::DeprecationWarning",
             **env,
         }
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", server, *argv],
-                cwd=ROOT,
-                env=environment,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.append(process)
-        running = Server(process, f"http://127.0.0.1:{port}", log)
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, running.output()
-            try:
-                if httpx.get(f"{running.url}/healthz", timeout=2).status_code == 200:
-                    return running
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"server not ready:\n{running.output()}"
-            time.sleep(0.2)
+        running = launch_server(
+            [sys.executable, "-m", server, *argv],
+            url=f"http://127.0.0.1:{port}",
+            cwd=ROOT,
+            env=environment,
+            log=tmp_path / f"{server}-{port}.log",
+            ready_path="/healthz",
+            timeout_s=90,
+        )
+        started.append(running.process)
+        return running
 
     yield start
     for process in started:

@@ -32,6 +32,36 @@ async def _write(db: DatabaseManager, *events: Any) -> None:
     await BatchWriter(db, lambda: book).write(build_batch(message_for(e) for e in events))
 
 
+OPERATOR_PRICE = text(
+    "INSERT INTO model_pricing (provider, model, effective_from, input_per_mtok,"
+    " output_per_mtok, origin, source, variant)"
+    " VALUES ('openai', :m, '2024-01-01', :i, :o, 'operator', :source, :variant)"
+)
+
+
+async def _operator_price(
+    db: DatabaseManager,
+    model: str,
+    input_per_mtok: str,
+    output_per_mtok: str,
+    *,
+    source: str | None = None,
+    variant: str = "",
+) -> None:
+    """An operator's price row for ``model`` (OpenAI), in force since 2024."""
+    async with db.session() as session:
+        await session.execute(
+            OPERATOR_PRICE,
+            {
+                "m": model,
+                "i": input_per_mtok,
+                "o": output_per_mtok,
+                "source": source,
+                "variant": variant,
+            },
+        )
+
+
 async def test_an_unpriced_event_is_counted_then_priced_once_by_reprice(
     db: DatabaseManager,
 ) -> None:
@@ -62,15 +92,7 @@ async def test_an_unpriced_event_is_counted_then_priced_once_by_reprice(
     assert (summary.cost_usd, summary.unpriced_count) == (Decimal(0), 1)
 
     # When an operator adds its price and a dry run, then a real run, re-price the unpriced
-    async with db.session() as session:
-        await session.execute(
-            text(
-                "INSERT INTO model_pricing (provider, model, effective_from, input_per_mtok,"
-                " output_per_mtok, origin, source) VALUES ('openai', :m, '2024-01-01', 1.5, 6,"
-                " 'operator', 'negotiated')"
-            ),
-            {"m": model},
-        )
+    await _operator_price(db, model, "1.5", "6", source="negotiated")
     preview = await reprice(db, first=today, last=today, unpriced_only=True, dry_run=True)
     still = await _one(
         db, "SELECT cost_usd FROM usage_events WHERE event_id = :e", e=unpriced.event_id
@@ -111,14 +133,7 @@ async def test_reprice_follows_a_changed_price_and_keeps_the_old_row(db: Databas
     # Given an event priced by an operator row that is then retired for a new price
     org = await provisioned_org(db)
     model = f"acme-ft-{uuid.uuid4().hex[:8]}"
-    async with db.session() as session:
-        await session.execute(
-            text(
-                "INSERT INTO model_pricing (provider, model, effective_from, input_per_mtok,"
-                " output_per_mtok, origin) VALUES ('openai', :m, '2024-01-01', 1, 1, 'operator')"
-            ),
-            {"m": model},
-        )
+    await _operator_price(db, model, "1", "1")
     event = make_event(org, model=model)
     await _write(db, event)
     old = await _one(
@@ -158,14 +173,7 @@ async def test_a_call_in_a_context_without_a_price_is_unpriced_until_its_variant
     # Given a model an operator priced for standard calls only, a batch call and a standard one
     org = await provisioned_org(db)
     model = f"acme-ft-{uuid.uuid4().hex[:8]}"
-    async with db.session() as session:
-        await session.execute(
-            text(
-                "INSERT INTO model_pricing (provider, model, effective_from, input_per_mtok,"
-                " output_per_mtok, origin) VALUES ('openai', :m, '2024-01-01', 2, 8, 'operator')"
-            ),
-            {"m": model},
-        )
+    await _operator_price(db, model, "2", "8")
     batch = make_event(org, model=model, processing="batch")
     standard = make_event(org, model=model)
     await _write(db, batch, standard)
@@ -183,15 +191,7 @@ async def test_a_call_in_a_context_without_a_price_is_unpriced_until_its_variant
     standard_cost = Decimal(1000 * 2 + 100 * 8) / 10**6
     assert (await _one(db, event_sql, e=standard.event_id)).cost_usd == standard_cost
     # When the operator adds the batch price (half) and re-prices the unpriced events
-    async with db.session() as session:
-        await session.execute(
-            text(
-                "INSERT INTO model_pricing (provider, model, effective_from, input_per_mtok,"
-                " output_per_mtok, origin, variant) VALUES ('openai', :m, '2024-01-01', 1, 4,"
-                " 'operator', 'processing=batch')"
-            ),
-            {"m": model},
-        )
+    await _operator_price(db, model, "1", "4", variant="processing=batch")
     result = await reprice(db, first=day, last=day, unpriced_only=True)
     # Then the batch call costs the batch price, the standard one did not move, and the day's
     # summaries (one per price context) and the counters agree

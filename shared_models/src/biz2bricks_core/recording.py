@@ -274,15 +274,15 @@ FROM updated
 Unpriced = tuple[str, str, str]
 # The organization of an unpriced event, and its (provider, model, reason).
 UnpricedOf = tuple[uuid.UUID, Unpriced]
-# The event's fields before and after its price context (a property, computed once per event).
+# The event's fields but its price context (a property, computed once per event and put back
+# at its position).
 _VARIANT_AT = _EVENT_FIELDS.index("price_variant")
-_fields_before = attrgetter(*_EVENT_FIELDS[:_VARIANT_AT])
-_fields_after = attrgetter(*_EVENT_FIELDS[_VARIANT_AT + 1 :])
+_stored_fields = attrgetter(*(f for f in _EVENT_FIELDS if f != "price_variant"))
 
 
 def _event_values(e: UsageEvent, variant: str) -> tuple[Any, ...]:
-    after = _fields_after(e)
-    return (*_fields_before(e), variant, *(after if isinstance(after, tuple) else (after,)))
+    values = _stored_fields(e)
+    return (*values[:_VARIANT_AT], variant, *values[_VARIANT_AT:])
 
 
 # What orjson cannot write, serialized as the event model serializes its fields.
