@@ -63,6 +63,7 @@ __all__ = [
     "grant_is_live_sql",
     "grants_cache_valid_sql",
     "grants_kept_after_void",
+    "grants_next_change_sql",
     "grants_owing_sql",
     "live_grants_remaining_sql",
     "live_remaining",
@@ -210,6 +211,17 @@ def grants_owing_sql(limits: str) -> str:
     )
 
 
+def grants_next_change_sql(limits: str) -> str:
+    """When the cache of a usage_limits row (alias ``limits``) stops being exact: the earliest
+    future start or end of one of its grants that holds tokens (NULL: none ever)."""
+    return (
+        "(SELECT min(x.at) FROM credit_grants g"
+        " CROSS JOIN LATERAL (VALUES (g.effective_at), (g.expires_at)) AS x(at)"
+        f" WHERE g.organization_id = {limits}.organization_id AND g.voided_at IS NULL"
+        " AND g.remaining > 0 AND x.at > now())"
+    )
+
+
 def grants_cache_valid_sql(limits: str) -> str:
     """Is the cached ``grants_remaining`` of a usage_limits row (alias ``limits``) exact now?"""
     return f"({limits}.grants_next_change IS NULL OR {limits}.grants_next_change > now())"
@@ -285,10 +297,7 @@ paid AS (
 )
 UPDATE usage_limits l SET grants_consumed_period = l.grants_consumed_period + p.tokens,
     grants_remaining = p.live_before - p.tokens, grants_cached_at = now(),
-    grants_next_change = (SELECT min(x.at) FROM credit_grants g
-        CROSS JOIN LATERAL (VALUES (g.effective_at), (g.expires_at)) AS x(at)
-        WHERE g.organization_id = l.organization_id AND g.voided_at IS NULL
-            AND g.remaining > 0 AND x.at > now())
+    grants_next_change = {grants_next_change_sql("l")}
 FROM paid p WHERE l.organization_id = p.organization_id
 RETURNING l.organization_id, p.tokens
 """
@@ -312,10 +321,7 @@ UPDATE usage_limits l SET grants_cached_at = now(),
     grants_remaining = (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g
         WHERE g.organization_id = l.organization_id AND g.remaining > 0
             AND {grant_is_live_sql("g")}),
-    grants_next_change = (SELECT min(x.at) FROM credit_grants g
-        CROSS JOIN LATERAL (VALUES (g.effective_at), (g.expires_at)) AS x(at)
-        WHERE g.organization_id = l.organization_id AND g.voided_at IS NULL
-            AND g.remaining > 0 AND x.at > now())
+    grants_next_change = {grants_next_change_sql("l")}
 WHERE l.organization_id = ANY($1::uuid[])
 RETURNING l.organization_id, (SELECT coalesce(sum(tokens), 0) FROM expired) AS expired
 """
