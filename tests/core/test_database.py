@@ -18,6 +18,7 @@ from biz2bricks_core import (
     DatabaseManager,
     DatabaseUnavailableError,
     UsageService,
+    database,
 )
 from biz2bricks_core.database import DRIVER_DISCONNECT_ERRORS
 from biz2bricks_core.models import OrganizationModel
@@ -118,6 +119,61 @@ async def test_a_connection_broken_under_the_driver_is_not_handed_out_again(
     finally:
         await db.dispose()
         await proxy.cut()
+
+
+async def _terminate_backend(database_url: str, pid: int) -> None:
+    admin = await asyncpg.connect(libpq_url(make_url(database_url)))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+
+
+async def test_an_idle_connection_the_server_dropped_is_replaced_at_checkout(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one pooled connection, tested at checkout, that the server then terminates
+    monkeypatch.setattr(database, "PING_BYPASS_S", 0.05)
+    db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
+    try:
+        async with db.driver() as conn:
+            first = await conn.fetchval("SELECT pg_backend_pid()")
+        await _terminate_backend(database_url, first)
+        await asyncio.sleep(0.1)  # idle beyond the bypass window
+        # When it is checked out again, Then the test finds it dead and a new one serves
+        async with db.driver() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != first
+    finally:
+        await db.dispose()
+
+
+async def test_a_connection_returned_just_now_is_not_tested_and_a_dead_one_costs_one_attempt(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a connection returned within the bypass window, then terminated by the server
+    monkeypatch.setattr(database, "PING_BYPASS_S", 60.0)
+    db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
+    pings = 0
+    try:
+        async with db.driver() as conn:
+            first = await conn.fetchval("SELECT pg_backend_pid()")
+
+        def count_ping(*_: object) -> None:
+            nonlocal pings
+            pings += 1
+
+        monkeypatch.setattr(db.engine.sync_engine.dialect, "do_ping", count_ping)
+        await _terminate_backend(database_url, first)
+        # When it is checked out: no ping; the statement fails as a disconnect
+        with pytest.raises((*DRIVER_DISCONNECT_ERRORS, OSError)):
+            async with db.driver() as conn:
+                await conn.fetchval("SELECT 1")
+        # Then that connection was invalidated: the next attempt is served by a new one
+        async with db.driver() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != first
+        assert pings == 0
+    finally:
+        await db.dispose()
 
 
 def _connections_to(url: str) -> int:

@@ -16,6 +16,7 @@ from biz2bricks_core.event_ids import (
     UNTIMED,
     event_id_month,
     event_id_month_sql,
+    event_id_months,
     is_time_ordered,
 )
 
@@ -125,6 +126,17 @@ def test_time_ordered_ids_and_their_months_read_from_bits_equal_the_stdlib_readi
             assert event_id_month(event_id) == date(made.year, made.month, 1), event_id
         else:
             assert event_id_month(event_id) == UNTIMED
+
+
+def test_the_months_of_many_ids_are_the_months_of_each() -> None:
+    ids = edge_ids(5, 300)
+    assert event_id_months(ids) == {event_id_month(e) for e in ids}
+    # A batch of v7 ids alone, and one of ids without a time, and no ids
+    timed = [e for e in ids if is_time_ordered(e)]
+    assert event_id_months(timed) == {event_id_month(e) for e in timed}
+    assert UNTIMED not in event_id_months(timed)
+    assert event_id_months(CASES[5:]) == {UNTIMED}
+    assert event_id_months([]) == set()
 
 
 async def test_the_month_of_every_kind_of_id_in_sql_equals_the_python_rule(

@@ -23,7 +23,7 @@ from typing import Final
 
 from biz2bricks_consumer.batching import Batch, Reject
 from biz2bricks_core.database import DatabaseManager
-from biz2bricks_core.event_ids import UNTIMED, event_id_month
+from biz2bricks_core.event_ids import UNTIMED, event_id_month, event_id_months
 from biz2bricks_core.event_partitions import ensure_partitions
 from biz2bricks_core.events import UsageEvent
 from biz2bricks_core.retention import OLDER_THAN_RETENTION, retention_horizon
@@ -52,12 +52,19 @@ def too_old_reason(
     return None
 
 
-def without_too_old(batch: Batch, horizon: date) -> Batch:
-    """The batch with its events beyond retention moved to its rejects (the same batch if none)."""
+def without_too_old(batch: Batch, horizon: date, months: set[date] | None = None) -> Batch:
+    """The batch with its events beyond retention moved to its rejects (the same batch if none).
+
+    ``months``: the batch's ``event_id_months``, if the caller has them.
+    """
     start = datetime(horizon.year, horizon.month, horizon.day, tzinfo=UTC)
+    if months is None:
+        months = event_id_months(e.event_id for e in batch.events)
+    if all(m == UNTIMED or m >= horizon for m in months) and all(
+        e.occurred_at >= start for e in batch.events
+    ):
+        return batch  # nearly every batch: one pass, no reason built
     reasons = [too_old_reason(e, horizon, start) for e in batch.events]
-    if not any(reasons):
-        return batch
     kept = Batch(
         rejects=list(batch.rejects),
         duplicates=batch.duplicates,
@@ -90,12 +97,15 @@ class PartitionGuard:
 
     async def admit(self, batch: Batch) -> Batch:
         """The batch to write: too-old events as rejects, every needed partition created."""
-        batch = without_too_old(batch, retention_horizon(self._clock(), self._months))
+        months = event_id_months(e.event_id for e in batch.events)
+        kept = without_too_old(batch, retention_horizon(self._clock(), self._months), months)
+        if kept is not batch:  # the rejected events' months need no partition
+            months = event_id_months(e.event_id for e in kept.events)
         if time.monotonic() - self._read_at > REFRESH_S:
             self._known = set()
-        needed = {event_id_month(e.event_id) for e in batch.events} - self._known
+        needed = months - self._known
         if needed:
             async with self._db.driver() as conn:
                 self._known = await ensure_partitions(conn, needed)
             self._read_at = time.monotonic()
-        return batch
+        return kept

@@ -18,13 +18,21 @@ migration 0007; tests/core/test_event_ids.py runs both on the same cases.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Final
 
 from uuid_utils import compat as _uuid
 
-__all__ = ["UNTIMED", "event_id_month", "event_id_month_sql", "is_time_ordered", "new_event_id"]
+__all__ = [
+    "UNTIMED",
+    "event_id_month",
+    "event_id_month_sql",
+    "event_id_months",
+    "is_time_ordered",
+    "new_event_id",
+]
 
 # The partition key of ids without a time: below every month a v7 id can carry (1970 on).
 UNTIMED: Final = date(1, 1, 1)
@@ -53,6 +61,23 @@ def event_id_month(event_id: uuid.UUID) -> date:
     if not is_time_ordered(event_id):
         return UNTIMED
     return _month_of_day((event_id.int >> _MS_SHIFT) // 86_400_000)
+
+
+def event_id_months(event_ids: Iterable[uuid.UUID]) -> set[date]:
+    """The distinct ``event_id_month`` of many ids (a batch's): each id's integer read once,
+    the months made from the few distinct days (0.15 against 0.35 ms a batch of 1,000)."""
+    days: set[int] = set()
+    untimed = False
+    for event_id in event_ids:
+        value = event_id.int
+        if (value >> 76) & 0xF == 7 and (value >> 62) & 0x3 == 0x2:  # is_time_ordered
+            days.add((value >> _MS_SHIFT) // 86_400_000)
+        else:
+            untimed = True
+    months = {_month_of_day(day) for day in days}
+    if untimed:
+        months.add(UNTIMED)
+    return months
 
 
 @lru_cache(maxsize=4096)

@@ -73,9 +73,7 @@ LOCK = lock_counters_sql(
     " l.grants_pending_period",
 )
 PERIOD_END = period_end_sql("o.new_start", "o.period_unit")
-NEW_START = period_start_after_sql(
-    "l.period_start", "l.period_end", "max(i.occurred_at)", "l.period_unit"
-)
+NEW_START = period_start_after_sql("l.period_start", "l.period_end", "n.newest", "l.period_unit")
 COUNTED = in_period_sql("i.occurred_at", "t.new_start", "t.new_end")
 SAME_PERIOD = "t.new_start = u.period_start"
 ROLLED_TOKENS = counter_after_roll_sql("u.tokens_used_period", SAME_PERIOD, "s.tokens")
@@ -190,19 +188,20 @@ settled AS (
 ),
 target AS (
     -- Per organization: the period its counters belong to after this batch and that
-    -- period's usage before the batch.
+    -- period's usage before the batch. The new events are grouped by organization alone,
+    -- then joined to its locked row (grouping the join by the row's ten columns cost 0.5 ms).
     SELECT o.*, {PERIOD_END} AS new_end,
         {counter_after_roll_sql("o.old_tokens", "o.new_start = o.old_start", "0")} AS before_tokens
     FROM (
-        SELECT l.organization_id, count(*) AS inserted,
+        SELECT l.organization_id, n.inserted,
             {NEW_START} AS new_start,
             l.period_unit, l.period_start AS old_start, l.tokens_used_period AS old_tokens,
             l.token_limit, l.grants_remaining, l.grants_next_change, l.grants_pending,
             l.grants_pending_period
-        FROM locked l JOIN inserted i USING (organization_id)
-        GROUP BY l.organization_id, l.period_start, l.period_end, l.period_unit,
-            l.tokens_used_period, l.token_limit, l.grants_remaining, l.grants_next_change,
-            l.grants_pending, l.grants_pending_period
+        FROM (
+            SELECT organization_id, count(*) AS inserted, max(occurred_at) AS newest
+            FROM inserted GROUP BY organization_id
+        ) n JOIN locked l USING (organization_id)
     ) o
 ),
 sums AS (
@@ -274,15 +273,21 @@ FROM updated
 Unpriced = tuple[str, str, str]
 # The organization of an unpriced event, and its (provider, model, reason).
 UnpricedOf = tuple[uuid.UUID, Unpriced]
-# The event's fields but its price context (a property, computed once per event and put back
-# at its position).
-_VARIANT_AT = _EVENT_FIELDS.index("price_variant")
-_stored_fields = attrgetter(*(f for f in _EVENT_FIELDS if f != "price_variant"))
-
-
-def _event_values(e: UsageEvent, variant: str) -> tuple[Any, ...]:
-    values = _stored_fields(e)
-    return (*values[:_VARIANT_AT], variant, *values[_VARIANT_AT:])
+# An event's stored fields in INPUT_COLUMNS order, read at once (its price context included:
+# a property, so computed once per event), and the positions the price lookup reads.
+_event_values = attrgetter(*_EVENT_FIELDS)
+_ORG, _PROVIDER, _MODEL, _AT, _INPUT, _VARIANT, _SEARCHES = (
+    _EVENT_FIELDS.index(name)
+    for name in (
+        "organization_id",
+        "provider",
+        "model",
+        "occurred_at",
+        "input_tokens",
+        "price_variant",
+        "web_search_requests",
+    )
+)
 
 
 # What orjson cannot write, serialized as the event model serializes its fields.
@@ -339,21 +344,29 @@ def event_params(
     rows: list[tuple[Any, ...]] = []
     price_rows: set[int] = set()
     unpriced: list[UnpricedOf] = []
+    lookup = prices.lookup
     for e in events:
-        variant = e.price_variant
-        found = prices.lookup(
-            e.provider, e.model, e.occurred_at, e.input_tokens, variant, e.web_search_requests
+        values = _event_values(e)
+        found = lookup(
+            values[_PROVIDER],
+            values[_MODEL],
+            values[_AT],
+            values[_INPUT],
+            values[_VARIANT],
+            values[_SEARCHES],
         )
-        if found.price is None:
-            rows.append((*_event_values(e, variant), None, found.reason))
+        price = found.price
+        if price is None:
+            rows.append((*values, None, found.reason))
             unpriced.append(
-                (e.organization_id, (e.provider, e.model, found.reason or NO_PRICE_ROW))
+                (values[_ORG], (values[_PROVIDER], values[_MODEL], found.reason or NO_PRICE_ROW))
             )
         else:
-            rows.append((*_event_values(e, variant), found.price.id, None))
-            if found.price.id is not None:
-                price_rows.add(found.price.id)
-    organizations = len({e.organization_id for e in events})
+            rows.append((*values, price.id, None))
+            if price.id is not None:
+                price_rows.add(price.id)
+    # Counted by the ids' integers: a UUID's own hash is Python code (0.4 ms a batch).
+    organizations = len({row[_ORG].int for row in rows})
     return _rows_json(rows), list(price_rows), organizations, unpriced
 
 
