@@ -98,7 +98,7 @@ ROLLED_GRANTS_CONSUMED = counter_after_roll_sql("u.grants_consumed_period", SAME
 ALLOWANCE = allowance_sql(
     "u.token_limit", "u.grants_consumed_period", live_grants_remaining_sql("u")
 )
-RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "s.held_tokens")
+RESERVED_AFTER_SETTLE = reserved_after_settle_sql("u.tokens_reserved", "h.held_tokens")
 SETTLE = settle_holds_sql("inserted")
 # The partition key of usage_events (biz2bricks_core.event_partitions), from the id alone.
 ID_MONTH = event_id_month_sql("i.event_id")
@@ -205,22 +205,22 @@ target AS (
     ) o
 ),
 sums AS (
-    -- Per organization, in one pass over its new events and the holds they settled. Late
-    -- events of an earlier period are stored but not counted in the current one.
+    -- Per organization, in one pass over its new events. Late events of an earlier period
+    -- are stored but not counted in the current one.
     SELECT t.organization_id,
         -- bigint, not sum()'s numeric: the counters' arithmetic below stays in integers.
         coalesce(sum(i.tokens) FILTER (WHERE c.counted), 0)::bigint AS tokens,
         coalesce(sum(i.cost_usd) FILTER (WHERE c.counted), 0) AS cost,
-        count(*) FILTER (WHERE c.counted AND {unpriced_sql("i.cost_usd")}) AS unpriced,
-        sum(i.tokens) FILTER (WHERE i.held) AS held_tokens,
-        count(*) FILTER (WHERE i.held) AS holds
-    FROM target t JOIN (
-        SELECT organization_id, occurred_at, tokens, cost_usd, false AS held FROM inserted
-        UNION ALL
-        SELECT organization_id, NULL, tokens, NULL, true FROM settled
-    ) i USING (organization_id)
-    CROSS JOIN LATERAL (SELECT NOT i.held AND {COUNTED} AS counted) c
+        count(*) FILTER (WHERE c.counted AND {unpriced_sql("i.cost_usd")}) AS unpriced
+    FROM target t JOIN inserted i USING (organization_id)
+    CROSS JOIN LATERAL (SELECT {COUNTED} AS counted) c
     GROUP BY t.organization_id
+),
+held AS (
+    -- Per organization, the holds its new events settled (none in most batches: aggregated
+    -- apart, they do not double the rows of the events' aggregate when every event has one).
+    SELECT organization_id, sum(tokens)::bigint AS held_tokens, count(*) AS holds
+    FROM settled GROUP BY organization_id
 ),
 updated AS (
     UPDATE usage_limits u SET
@@ -237,6 +237,7 @@ updated AS (
         period_end = t.new_end,
         counters_updated_at = now()
     FROM target t JOIN sums s USING (organization_id)
+        LEFT JOIN held h USING (organization_id)
         -- Computed once per organization (OFFSET 0 keeps the planner from copying the
         -- expressions into each of their five uses: 1.5 ms a batch of 1,000).
         CROSS JOIN LATERAL (SELECT {BEYOND_PLAN} AS beyond_plan, {PAID} AS paid,
@@ -245,7 +246,7 @@ updated AS (
     RETURNING u.organization_id, u.plan, u.period_start, t.before_tokens,
         u.tokens_used_period AS after_tokens, {ALLOWANCE} AS allowance,
         b.beyond_plan, b.paid, b.from_rows,
-        t.inserted, s.unpriced, s.holds
+        t.inserted, s.unpriced, h.holds
 ),
 alerted AS (
     {insert_alerts_sql("updated")}
