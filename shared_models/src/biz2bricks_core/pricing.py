@@ -33,6 +33,7 @@ How a call is billed, as the providers bill it and as ``genai-prices`` computes 
 from __future__ import annotations
 
 import bisect
+from functools import lru_cache
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,7 +99,16 @@ def price_variant(
     non-standard ``key=value`` pairs joined by ``;`` in VARIANT_KEYS order (``processing=batch``,
     ``service_tier=flex;speed=fast``). Catalogue rows and events are both keyed by it."""
     if processing is None and service_tier is None and speed is None and route is None:
-        return STANDARD  # most calls: no context (the writer asks twice per event)
+        return STANDARD  # most calls: no context (the writer asks once per event)
+    return _composed_variant(processing, service_tier, speed, route)
+
+
+# A service sends a handful of contexts: composing one each time cost the writer 0.4 ms a
+# batch of 1,000 where two in five events carried one.
+@lru_cache(maxsize=4096)
+def _composed_variant(
+    processing: str | None, service_tier: str | None, speed: str | None, route: str | None
+) -> str:
     parts = []
     for key, value in zip(VARIANT_KEYS, (processing, service_tier, speed, route), strict=True):
         if value is not None and value not in STANDARD_VALUES[key]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -46,7 +46,13 @@ from biz2bricks_core.periods import (
     period_end_sql,
     period_start_after_sql,
 )
-from biz2bricks_core.pricing import NO_PRICE_ROW, PriceBook, cost_sql, unpriced_reason_sql
+from biz2bricks_core.pricing import (
+    NO_PRICE_ROW,
+    PriceBook,
+    cost_sql,
+    price_variant,
+    unpriced_reason_sql,
+)
 
 __all__ = [
     "INPUT_COLUMNS",
@@ -124,12 +130,14 @@ INPUT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "text"),
     ("metadata", "jsonb"),
     ("reservation_id", "uuid"),
-    ("price_variant", "text"),
     ("web_search_requests", "bigint"),
+    ("price_variant", "text"),
     ("pricing_id", "integer"),
     ("unpriced_reason", "text"),
 )
-_EVENT_FIELDS = tuple(name for name, _ in INPUT_COLUMNS[:-2])
+# The event's own fields; then its price context, composed once (price_variant), and the
+# price row resolved for it.
+_EVENT_FIELDS = tuple(name for name, _ in INPUT_COLUMNS[:-3])
 
 
 def _input_column(position: int, name: str, sql_type: str) -> str:
@@ -274,10 +282,12 @@ FROM updated
 Unpriced = tuple[str, str, str]
 # The organization of an unpriced event, and its (provider, model, reason).
 UnpricedOf = tuple[uuid.UUID, Unpriced]
-# An event's stored fields in INPUT_COLUMNS order, read at once (its price context included:
-# a property, so computed once per event), and the positions the price lookup reads.
-_event_values = attrgetter(*_EVENT_FIELDS)
-_ORG, _PROVIDER, _MODEL, _AT, _INPUT, _VARIANT, _SEARCHES = (
+# An event's stored fields in INPUT_COLUMNS order and its price context, read from the
+# model's __dict__ at once (half the time of reading 16 attributes: 0.3 ms a batch of 1,000),
+# and the positions the price lookup reads.
+_event_values = itemgetter(*_EVENT_FIELDS)
+_event_context = itemgetter("processing", "service_tier", "speed", "route")
+_ORG, _PROVIDER, _MODEL, _AT, _INPUT, _SEARCHES = (
     _EVENT_FIELDS.index(name)
     for name in (
         "organization_id",
@@ -285,7 +295,6 @@ _ORG, _PROVIDER, _MODEL, _AT, _INPUT, _VARIANT, _SEARCHES = (
         "model",
         "occurred_at",
         "input_tokens",
-        "price_variant",
         "web_search_requests",
     )
 )
@@ -347,23 +356,25 @@ def event_params(
     unpriced: list[UnpricedOf] = []
     lookup = prices.lookup
     for e in events:
-        values = _event_values(e)
+        fields = e.__dict__
+        values = _event_values(fields)
+        variant = price_variant(*_event_context(fields))
         found = lookup(
             values[_PROVIDER],
             values[_MODEL],
             values[_AT],
             values[_INPUT],
-            values[_VARIANT],
+            variant,
             values[_SEARCHES],
         )
         price = found.price
         if price is None:
-            rows.append((*values, None, found.reason))
+            rows.append((*values, variant, None, found.reason))
             unpriced.append(
                 (values[_ORG], (values[_PROVIDER], values[_MODEL], found.reason or NO_PRICE_ROW))
             )
         else:
-            rows.append((*values, price.id, None))
+            rows.append((*values, variant, price.id, None))
             if price.id is not None:
                 price_rows.add(price.id)
     # Counted by the ids' integers: a UUID's own hash is Python code (0.4 ms a batch).
