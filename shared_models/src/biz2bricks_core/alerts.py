@@ -21,6 +21,7 @@ __all__ = [
     "MARK_PUBLISHED",
     "PENDING_ALERTS",
     "alert_message",
+    "crossed_sql",
     "crossed_thresholds",
     "insert_alerts_sql",
 ]
@@ -44,8 +45,23 @@ def crossed_thresholds(
     return sorted(pct for pct in thresholds_pct if before * 100 < pct * allowance <= after * 100)
 
 
-# The same rule in SQL over columns named before_tokens, after_tokens, allowance, pct.
-CROSSED: Final = "(before_tokens * 100 < pct * allowance AND pct * allowance <= after_tokens * 100)"
+def crossed_sql(allowance: str) -> str:
+    """SQL twin of ``crossed_thresholds`` for one threshold: over columns named before_tokens,
+    after_tokens and pct, and the allowance expression ``allowance``."""
+    return (
+        f"(before_tokens * 100 < pct * {allowance} AND pct * {allowance} <= after_tokens * 100)"
+    )
+
+
+CROSSED: Final = crossed_sql("allowance")
+
+# Below these bounds every product of the rule fits in a bigint (pct * allowance < 2^63,
+# usage * 100 < 2^60), so the batch statement evaluates it in integers; beyond them (a limit of
+# nine quadrillion tokens, a threshold past 1000%), in numeric. The allowance is numeric (the
+# grants' part is a sum): numeric arithmetic on every (organization, threshold) pair cost the
+# write path 6% when every organization of a batch had a token limit.
+INTEGER_SAFE_TOKENS: Final = 2**53
+INTEGER_SAFE_PCT: Final = 1000
 
 
 def insert_alerts_sql(counters: str) -> str:
@@ -61,12 +77,20 @@ def insert_alerts_sql(counters: str) -> str:
         used, allowance)
     SELECT organization_id, period_start, 'tokens', pct, after_tokens, allowance
     FROM (SELECT c.organization_id, c.period_start, c.before_tokens, c.after_tokens,
-            c.allowance, t.pct
-          FROM {counters} c
+            c.allowance, c.allowance_int, t.pct
+          FROM (
+            -- Once per organization (OFFSET 0: not copied into every pair below).
+            SELECT c.*, CASE WHEN c.allowance < {INTEGER_SAFE_TOKENS}
+                    AND c.after_tokens < {INTEGER_SAFE_TOKENS}
+                THEN c.allowance::bigint END AS allowance_int
+            FROM {counters} c
+            WHERE c.allowance IS NOT NULL AND c.after_tokens > c.before_tokens
+            OFFSET 0
+          ) c
           JOIN (SELECT name, unnest(alert_thresholds_pct) AS pct FROM subscription_plans) t
-            ON t.name = c.plan
-          WHERE c.allowance IS NOT NULL AND c.after_tokens > c.before_tokens) x
-    WHERE {CROSSED}
+            ON t.name = c.plan) x
+    WHERE CASE WHEN allowance_int IS NOT NULL AND pct BETWEEN 0 AND {INTEGER_SAFE_PCT}
+        THEN {crossed_sql("allowance_int")} ELSE {CROSSED} END
     ORDER BY organization_id, pct
     ON CONFLICT (organization_id, period_start, metric, threshold_pct) DO NOTHING
     RETURNING id"""
