@@ -193,6 +193,7 @@ async def test_an_expired_but_unswept_hold_is_settled_once(db: DatabaseManager) 
         (79_999, 250_000, 100_000, [80, 100]),
         (0, 10, 0, []),
         (3, 4, 7, [50]),
+        (2**61 - 1, 2**61 + 10, 2**62, [50]),  # beyond bigint once multiplied
     ],
 )
 async def test_the_sql_crossing_rule_agrees_with_python(
@@ -279,6 +280,52 @@ async def test_a_new_period_alerts_again_and_unlimited_plans_never(db: DatabaseM
     unlimited = await provisioned_org(db, plan="business")
     await use_tokens(db, unlimited, 50_000_000)
     assert await alerts_of(db, unlimited) == []
+
+
+@pytest.mark.parametrize(
+    ("token_limit", "thresholds", "before", "tokens", "expected"),
+    [
+        # integers: the common case
+        (100_000, [50, 80, 100], 49_000, 32_000, [50, 80]),
+        # an allowance beyond 2^53, where pct * allowance leaves bigint: numeric
+        (2**62, [50, 80, 100], 2**61 - 5, 10, [50]),
+        # a threshold beyond 1000% (and one below it in the same plan)
+        (1_000, [999, 1500, 2000], 14_000, 1_000, [1500]),
+    ],
+)
+async def test_thresholds_cross_exactly_with_integer_and_numeric_arithmetic(
+    db: DatabaseManager,
+    token_limit: int,
+    thresholds: list[int],
+    before: int,
+    tokens: int,
+    expected: list[int],
+) -> None:
+    # Given an organization of a plan with these thresholds and limit, and usage before
+    org = await provisioned_org(db, plan="free")
+    plan = f"alerts-{uuid.uuid4().hex[:8]}"
+    async with db.session() as session:
+        await session.execute(
+            text(
+                "INSERT INTO subscription_plans (name, display_name, monthly_price_usd,"
+                " token_limit, alert_thresholds_pct) VALUES (:p, :p, 0, :l, :t)"
+            ),
+            {"p": plan, "l": token_limit, "t": thresholds},
+        )
+        await session.execute(
+            text(
+                "UPDATE usage_limits SET plan = :p, token_limit = :l, tokens_used_period = :u"
+                " WHERE organization_id = :o"
+            ),
+            {"p": plan, "l": token_limit, "u": before, "o": org},
+        )
+    # When a batch adds tokens
+    await write_events(db, [make_event(org, input_tokens=tokens, output_tokens=0)])
+    # Then the thresholds crossed are the Python rule's, each with the allowance it measured
+    alerts = await alerts_of(db, org)
+    assert [a["threshold_pct"] for a in alerts] == expected
+    assert crossed_thresholds(before, before + tokens, token_limit, thresholds) == expected
+    assert {int(a["allowance"]) for a in alerts} == {token_limit}
 
 
 async def test_concurrent_batches_write_each_alert_once(db: DatabaseManager) -> None:

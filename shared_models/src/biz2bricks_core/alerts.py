@@ -45,12 +45,14 @@ def crossed_thresholds(
     return sorted(pct for pct in thresholds_pct if before * 100 < pct * allowance <= after * 100)
 
 
-def crossed_sql(allowance: str) -> str:
+def crossed_sql(allowance: str, *, exact: bool = True) -> str:
     """SQL twin of ``crossed_thresholds`` for one threshold: over columns named before_tokens,
-    after_tokens and pct, and the allowance expression ``allowance``."""
-    return (
-        f"(before_tokens * 100 < pct * {allowance} AND pct * {allowance} <= after_tokens * 100)"
-    )
+    after_tokens and pct, and the allowance expression ``allowance``. Exact: in numeric, for
+    any values; else in the operands' types (integers below the bounds below)."""
+    before, after, pct = "before_tokens", "after_tokens", "pct"
+    if exact:
+        before, after, pct = f"{before}::numeric", f"{after}::numeric", f"{pct}::numeric"
+    return f"({before} * 100 < {pct} * {allowance} AND {pct} * {allowance} <= {after} * 100)"
 
 
 CROSSED: Final = crossed_sql("allowance")
@@ -90,7 +92,7 @@ def insert_alerts_sql(counters: str) -> str:
           JOIN (SELECT name, unnest(alert_thresholds_pct) AS pct FROM subscription_plans) t
             ON t.name = c.plan) x
     WHERE CASE WHEN allowance_int IS NOT NULL AND pct BETWEEN 0 AND {INTEGER_SAFE_PCT}
-        THEN {crossed_sql("allowance_int")} ELSE {CROSSED} END
+        THEN {crossed_sql("allowance_int", exact=False)} ELSE {CROSSED} END
     ORDER BY organization_id, pct
     ON CONFLICT (organization_id, period_start, metric, threshold_pct) DO NOTHING
     RETURNING id"""
