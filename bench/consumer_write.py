@@ -28,7 +28,7 @@ from biz2bricks_consumer.batching import Batch
 from biz2bricks_consumer.worker import tune_gc
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import UsageEvent
-from biz2bricks_core.event_ids import event_id_month, event_id_month_sql
+from biz2bricks_core.event_ids import NEW_ID_SQL, event_id_month, event_id_month_sql
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
 from tests.factories import message_for
@@ -56,7 +56,9 @@ WHERE u.organization_id = d.organization_id
 
 async def with_holds(conn: asyncpg.Connection, items: list[UsageEvent]) -> list[UsageEvent]:
     """The events, each carrying the id of a live hold written for it (untimed set-up)."""
-    ids = [uuid.uuid4() for _ in items]
+    # The ids the holds' own default makes (time-ordered, as reserve_tokens gets them).
+    made = await conn.fetch(f"SELECT {NEW_ID_SQL} FROM generate_series(1, $1)", len(items))
+    ids = [uuid.UUID(int=row[0].int) for row in made]  # as decoded from a message: stdlib
     await conn.execute(
         "INSERT INTO usage_token_holds (id, organization_id, tokens, expires_at)"
         " SELECT i, o, 2000, now() + interval '1 hour'"

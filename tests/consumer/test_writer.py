@@ -17,6 +17,7 @@ from biz2bricks_core import DatabaseManager, UsageEvent, encode_event
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.periods import period_bounds
 from biz2bricks_core.price_rows import load_price_book
+from biz2bricks_core import recording
 from biz2bricks_core.recording import INPUT_COLUMNS, INSERT_AND_COUNT, event_params
 from tests.factories import (
     assert_counter_derivable,
@@ -406,6 +407,25 @@ def test_the_batch_statement_reads_every_field_of_the_event() -> None:
     fields = [f for f in UsageEvent.model_fields if f not in context]
     assert read[: len(fields)] == fields
     assert read[len(fields) :] == ["price_variant", "pricing_id", "unpriced_reason"]
+
+
+async def test_uuids_of_the_driver_are_written_as_uuids_without_the_slow_path(
+    db: DatabaseManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an event whose hold id came from a stored row (asyncpg's UUID subclass)
+    async with db.driver() as conn:
+        stored = await conn.fetchval("SELECT gen_random_uuid()")
+    assert type(stored) is not uuid.UUID
+    plain = make_event(uuid.uuid4(), reservation_id=uuid.UUID(str(stored)))
+    from_row = plain.model_copy(update={"reservation_id": stored})
+    book = await load_price_book(db, ModelNames())
+
+    def slow_path(rows: object) -> bytes:
+        raise AssertionError("pydantic wrote the rows: orjson refused a value")
+
+    monkeypatch.setattr(recording._ROWS_JSON, "dump_json", slow_path)
+    # Then the statement's input is the same as for the stdlib UUID, written by orjson
+    assert event_params([from_row], book)[0] == event_params([plain], book)[0]
 
 
 async def test_values_arrive_as_sent(db: DatabaseManager, writer: BatchWriter) -> None:

@@ -13,12 +13,14 @@ from sqlalchemy import text
 import biz2bricks_core
 from biz2bricks_core import DatabaseManager, new_event_id
 from biz2bricks_core.event_ids import (
+    NEW_ID_SQL,
     UNTIMED,
     event_id_month,
     event_id_month_sql,
     event_id_months,
     is_time_ordered,
 )
+from tests.factories import provisioned_org
 
 
 def v7_at(moment: datetime, tail: int = 0x7ABC_8DEF_0123_4567_89AB) -> uuid.UUID:
@@ -150,3 +152,33 @@ async def test_the_month_of_every_kind_of_id_in_sql_equals_the_python_rule(
     async with db.engine.connect() as conn:
         months = (await conn.execute(statement, {"ids": ids})).scalars().all()
     assert months == [event_id_month(e) for e in ids]
+
+
+async def test_ids_made_by_postgresql_are_v7_carrying_the_time_they_were_made(
+    db: DatabaseManager,
+) -> None:
+    # When PostgreSQL makes ids with the twin of new_event_id, a few milliseconds apart
+    made = []
+    async with db.engine.connect() as conn:
+        for _ in range(5):
+            row = (
+                await conn.execute(text(f"SELECT {NEW_ID_SQL}, clock_timestamp(), pg_sleep(0.002)"))
+            ).one()
+            made.append((row[0], row[1]))
+    for made_id, at in made:
+        # Then each is a stdlib v7 uuid whose time is when it was made
+        assert made_id.version == 7, made_id
+        assert is_time_ordered(made_id), made_id
+        ms = made_id.int >> 80
+        assert abs(ms - at.timestamp() * 1000) < 5, (made_id, at)
+        assert event_id_month(made_id) == date(at.year, at.month, 1)
+    # And later ids sort later
+    ids = [made_id for made_id, _ in made]
+    assert ids == sorted(ids)
+
+
+async def test_a_token_hold_gets_a_time_ordered_id(db: DatabaseManager) -> None:
+    org = await provisioned_org(db, plan="free")
+    hold = await biz2bricks_core.UsageService(db).reserve_tokens(org, 1_000)
+    assert hold.reservation_id is not None
+    assert is_time_ordered(hold.reservation_id)

@@ -33,11 +33,11 @@ How a call is billed, as the providers bill it and as ``genai-prices`` computes 
 from __future__ import annotations
 
 import bisect
-from functools import lru_cache
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
+from functools import lru_cache
 from typing import Final, Literal, NamedTuple
 
 __all__ = [

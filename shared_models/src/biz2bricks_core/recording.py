@@ -387,6 +387,14 @@ def _rows_json(rows: list[tuple[Any, ...]]) -> str:
     2.1 ms per 1,000 events); what it cannot write (an integer beyond 64 bits in metadata,
     say) pydantic writes, as the event model would."""
     try:
-        return orjson.dumps(rows).decode()
+        return orjson.dumps(rows, default=_uuid_text).decode()
     except orjson.JSONEncodeError:
         return _ROWS_JSON.dump_json(rows).decode()
+
+
+def _uuid_text(value: Any) -> str:
+    """A UUID of a subclass orjson does not write itself (asyncpg's, in an event built from a
+    stored row), as text; anything else stays unwritable."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from biz2bricks_core.event_ids import NEW_ID_SQL
 from biz2bricks_core.late_events import late_arrival_sql
 from biz2bricks_core.models._base import Base, Money, _created_at, _org_fk
 
@@ -286,9 +287,8 @@ class TokenHoldModel(Base):
         Index("ix_usage_token_holds_ended", "ended_at", postgresql_where=text("state <> 'live'")),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(
-        primary_key=True, server_default=text("gen_random_uuid()")
-    )
+    # Time-ordered (biz2bricks_core.event_ids.UUID_V7_FUNCTION): settled in time order too.
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text(NEW_ID_SQL))
     # No foreign key, as on usage_events: holds are inserted only under a lock of the
     # organization's usage_limits row (which references organizations), on the request path.
     organization_id: Mapped[uuid.UUID]
