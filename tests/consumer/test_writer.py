@@ -13,11 +13,10 @@ from sqlalchemy import text
 
 from biz2bricks_consumer.batching import build_batch
 from biz2bricks_consumer.writer import BatchWriter
-from biz2bricks_core import DatabaseManager, UsageEvent, encode_event
+from biz2bricks_core import DatabaseManager, UsageEvent, encode_event, recording
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.periods import period_bounds
 from biz2bricks_core.price_rows import load_price_book
-from biz2bricks_core import recording
 from biz2bricks_core.recording import INPUT_COLUMNS, INSERT_AND_COUNT, event_params
 from tests.factories import (
     assert_counter_derivable,

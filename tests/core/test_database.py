@@ -147,10 +147,11 @@ async def test_an_idle_connection_the_server_dropped_is_replaced_at_checkout(
         await db.dispose()
 
 
-async def test_a_connection_returned_just_now_is_not_tested_and_a_dead_one_costs_one_attempt(
+async def test_a_connection_used_just_now_is_not_tested_and_a_dead_one_costs_one_attempt(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a connection returned within the bypass window, then terminated by the server
+    # Given a connection the driver path used within the bypass window, then terminated by
+    # the server while idle in the pool
     monkeypatch.setattr(database, "PING_BYPASS_S", 60.0)
     db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
     pings = 0
@@ -165,13 +166,34 @@ async def test_a_connection_returned_just_now_is_not_tested_and_a_dead_one_costs
         monkeypatch.setattr(db.engine.sync_engine.dialect, "do_ping", count_ping)
         await _terminate_backend(database_url, first)
         # When it is checked out: no ping; the statement fails as a disconnect
-        with pytest.raises((*DRIVER_DISCONNECT_ERRORS, OSError)):
+        with pytest.raises(DRIVER_DISCONNECT_ERRORS):
             async with db.driver() as conn:
                 await conn.fetchval("SELECT 1")
-        # Then that connection was invalidated: the next attempt is served by a new one
+        assert pings == 0
+        # Then that connection was invalidated: the next attempt is served by a new one, which
+        # needs no test either (it was just made)
         async with db.driver() as conn:
             assert await conn.fetchval("SELECT pg_backend_pid()") != first
         assert pings == 0
+    finally:
+        await db.dispose()
+
+
+async def test_a_connection_a_session_used_is_tested_at_its_next_checkout(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a connection last used by a session (sessions do not mark it as known good)
+    monkeypatch.setattr(database, "PING_BYPASS_S", 60.0)
+    db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
+    try:
+        async with db.driver() as conn:
+            first = await conn.fetchval("SELECT pg_backend_pid()")
+        async with db.session() as session:
+            assert (await session.scalar(text("SELECT pg_backend_pid()"))) == first
+        await _terminate_backend(database_url, first)
+        # When the driver path checks it out: tested, found dead, replaced
+        async with db.driver() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != first
     finally:
         await db.dispose()
 

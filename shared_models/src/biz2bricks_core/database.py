@@ -44,16 +44,21 @@ DRIVER_DISCONNECT_ERRORS: Final = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A protocol left mid-message: the server ended an idle connection and the driver read its
+    # farewell, not yet the close ("cannot switch to state ..."). The connection is unusable.
+    asyncpg.InternalClientError,
 )
 
-# A connection returned to the pool this recently is not tested again when it is checked out
-# (DB_POOL_PRE_PING), as HikariCP's aliveBypassWindowMs (500 ms) does: the test is three round
-# trips (SQLAlchemy wraps its ping in a transaction), 0.3 ms idle and 0.8-1.4 ms under load,
-# on every batch the consumer writes and every limit check. A connection the server dropped
-# within the window fails its statement instead: the driver path invalidates it and the
-# caller's retry takes another, which is tested (SQLAlchemy's own pre-ping is off).
+# A connection whose statements succeeded this recently, on the driver path, is not tested
+# again when it is checked out (DB_POOL_PRE_PING), as HikariCP's aliveBypassWindowMs (500 ms)
+# does: the test is three round trips (SQLAlchemy wraps its ping in a transaction), 0.3 ms idle
+# and 0.7-1.4 ms under load, on every batch the consumer writes and every limit check. A
+# connection the server dropped within the window fails its statement instead: the driver
+# path invalidates it, and the caller's retry (the consumer's) or its fail-open/closed decision
+# (a limit check) takes over; the next checkout gets a tested or new one. Sessions do not mark
+# their connections: one a session used is tested when it is checked out again.
 PING_BYPASS_S: Final = 0.5
-_RETURNED_AT: Final = "biz2bricks_returned_at"
+_ALIVE_AT: Final = "biz2bricks_alive_at"
 
 # Every way "the database cannot be used" surfaces, through SQLAlchemy or from the driver:
 # what the limit checks fail open/closed on and what the consumer backs off and retries.
@@ -214,6 +219,7 @@ class DatabaseManager:
             except (*DRIVER_DISCONNECT_ERRORS, OSError):
                 await pooled.invalidate()
                 raise
+            raw.info[_ALIVE_AT] = time.monotonic()  # PING_BYPASS_S
 
     async def get_session(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency: ``Depends(db.get_session)``; same commit/rollback rules."""
@@ -276,26 +282,26 @@ def get_database_manager() -> DatabaseManager:
 
 
 def _test_on_checkout(engine: AsyncEngine) -> None:
-    """Ping a connection when it is checked out, unless it was returned within PING_BYPASS_S.
+    """Ping a connection when it is checked out, unless it was made, or used successfully on the
+    driver path, within PING_BYPASS_S.
 
     A failed ping invalidates the pool (as SQLAlchemy's pre-ping does): the server restarted,
     so every connection older than now is dead; the checkout gets a new one.
     """
-    sync_engine = engine.sync_engine
-    dialect = sync_engine.dialect
+    dialect = engine.sync_engine.dialect
 
-    def returned(dbapi_connection: Any, record: Any, *_: Any) -> None:
-        record.info[_RETURNED_AT] = time.monotonic()
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        record.info[_ALIVE_AT] = time.monotonic()  # just made: no test needed
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        returned_at = record.info.get(_RETURNED_AT)
-        if returned_at is not None and time.monotonic() - returned_at < PING_BYPASS_S:
+        # Taken, not read: only the driver path's success puts it back (a session's use does not).
+        alive_at = record.info.pop(_ALIVE_AT, None)
+        if alive_at is not None and time.monotonic() - alive_at < PING_BYPASS_S:
             return
         try:
             dialect.do_ping(dbapi_connection)
         except Exception as error:
             raise InvalidatePoolError(f"pool test on checkout failed: {error!r}") from error
 
-    event.listen(sync_engine, "connect", returned)
-    event.listen(sync_engine, "checkin", returned)
-    event.listen(sync_engine, "checkout", checkout)
+    event.listen(engine.sync_engine, "connect", connected)
+    event.listen(engine.sync_engine, "checkout", checkout)
