@@ -18,7 +18,7 @@ from biz2bricks_core import (
     DatabaseManager,
     DatabaseUnavailableError,
     UsageService,
-    database,
+    _pool_checks,
 )
 from biz2bricks_core.database import DRIVER_DISCONNECT_ERRORS
 from biz2bricks_core.models import OrganizationModel
@@ -133,7 +133,7 @@ async def test_an_idle_connection_the_server_dropped_is_replaced_at_checkout(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given one pooled connection, tested at checkout, that the server then terminates
-    monkeypatch.setattr(database, "PING_BYPASS_S", 0.05)
+    monkeypatch.setattr(_pool_checks, "PING_BYPASS_S", 0.05)
     db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
     try:
         async with db.driver() as conn:
@@ -152,7 +152,7 @@ async def test_a_connection_used_just_now_is_not_tested_and_a_dead_one_costs_one
 ) -> None:
     # Given a connection the driver path used within the bypass window, then terminated by
     # the server while idle in the pool
-    monkeypatch.setattr(database, "PING_BYPASS_S", 60.0)
+    monkeypatch.setattr(_pool_checks, "PING_BYPASS_S", 60.0)
     db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
     pings = 0
     try:
@@ -179,23 +179,69 @@ async def test_a_connection_used_just_now_is_not_tested_and_a_dead_one_costs_one
         await db.dispose()
 
 
-async def test_a_connection_a_session_used_is_tested_at_its_next_checkout(
+async def test_a_session_checks_out_a_connection_the_driver_used_just_now_tested(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a connection last used by a session (sessions do not mark it as known good)
-    monkeypatch.setattr(database, "PING_BYPASS_S", 60.0)
+    # Given a connection the driver path used within the bypass window, then terminated
+    monkeypatch.setattr(_pool_checks, "PING_BYPASS_S", 60.0)
     db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
     try:
         async with db.driver() as conn:
             first = await conn.fetchval("SELECT pg_backend_pid()")
-        async with db.session() as session:
-            assert (await session.scalar(text("SELECT pg_backend_pid()"))) == first
         await _terminate_backend(database_url, first)
-        # When the driver path checks it out: tested, found dead, replaced
+        # When a session checks it out (sessions have no fallback): tested, replaced
+        async with db.session() as session:
+            assert (await session.scalar(text("SELECT pg_backend_pid()"))) != first
+        # And a connection a session used is tested when the driver path takes it next
+        async with db.session() as session:
+            second = await session.scalar(text("SELECT pg_backend_pid()"))
+        await _terminate_backend(database_url, second)
         async with db.driver() as conn:
-            assert await conn.fetchval("SELECT pg_backend_pid()") != first
+            assert await conn.fetchval("SELECT pg_backend_pid()") not in (first, second)
     finally:
         await db.dispose()
+
+
+async def test_after_one_dead_connection_every_connection_marked_before_is_tested(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given three pooled connections the driver path used just now, all terminated at once
+    monkeypatch.setattr(_pool_checks, "PING_BYPASS_S", 60.0)
+    db = DatabaseManager(
+        DatabaseConfig(database_url=database_url, db_pool_size=3, db_max_overflow=0)
+    )
+    try:
+        async with db.driver() as a, db.driver() as b, db.driver() as c:
+            pids = [await x.fetchval("SELECT pg_backend_pid()") for x in (a, b, c)]
+        for pid in pids:
+            await _terminate_backend(database_url, pid)
+        # When the first checkout finds its connection dead (one failed attempt)
+        with pytest.raises(DRIVER_DISCONNECT_ERRORS):
+            async with db.driver() as conn:
+                await conn.fetchval("SELECT 1")
+        # Then the others are tested before use, not handed out dead one by one
+        for _ in range(4):
+            async with db.driver() as conn:
+                assert await conn.fetchval("SELECT pg_backend_pid()") not in pids
+    finally:
+        await db.dispose()
+
+
+async def test_only_a_lost_protocol_counts_as_a_lost_connection(database_url: str) -> None:
+    conn = await asyncpg.connect(libpq_url(make_url(database_url)))
+    try:
+        # A client-side fault of the driver is not a lost connection (it is not "down")
+        fault = asyncpg.InternalClientError("no encoder for OID 1234")
+        assert not _pool_checks.connection_lost(conn, fault)
+        # A protocol left mid-message is
+        stuck = asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress"
+        )
+        assert _pool_checks.connection_lost(conn, stuck)
+    finally:
+        await conn.close()
+    # And so is any error on a closed connection
+    assert _pool_checks.connection_lost(conn, fault)
 
 
 def _connections_to(url: str) -> int:

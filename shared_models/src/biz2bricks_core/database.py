@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any, Final
 import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import InterfaceError, InvalidatePoolError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -23,6 +22,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from biz2bricks_core._pool_checks import (
+    DRIVER_CHECKOUT,
+    CheckoutTest,
+    connection_lost,
+    mark_alive,
+)
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database_access import access_error
 from biz2bricks_core.errors import DatabaseUnavailableError
@@ -44,21 +49,7 @@ DRIVER_DISCONNECT_ERRORS: Final = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
-    # A protocol left mid-message: the server ended an idle connection and the driver read its
-    # farewell, not yet the close ("cannot switch to state ..."). The connection is unusable.
-    asyncpg.InternalClientError,
 )
-
-# A connection whose statements succeeded this recently, on the driver path, is not tested
-# again when it is checked out (DB_POOL_PRE_PING), as HikariCP's aliveBypassWindowMs (500 ms)
-# does: the test is three round trips (SQLAlchemy wraps its ping in a transaction), 0.3 ms idle
-# and 0.7-1.4 ms under load, on every batch the consumer writes and every limit check. A
-# connection the server dropped within the window fails its statement instead: the driver
-# path invalidates it, and the caller's retry (the consumer's) or its fail-open/closed decision
-# (a limit check) takes over; the next checkout gets a tested or new one. Sessions do not mark
-# their connections: one a session used is tested when it is checked out again.
-PING_BYPASS_S: Final = 0.5
-_ALIVE_AT: Final = "biz2bricks_alive_at"
 
 # Every way "the database cannot be used" surfaces, through SQLAlchemy or from the driver:
 # what the limit checks fail open/closed on and what the consumer backs off and retries.
@@ -79,6 +70,7 @@ class _LoopResources:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     connector: Any | None  # google.cloud.sql.connector.Connector when enabled
+    checkout_test: CheckoutTest | None = None  # None: DB_POOL_PRE_PING off
     # Started async generator whose ``finally`` releases these resources (see _release_on_close).
     closer: AsyncGenerator[None, None] | None = None
 
@@ -147,7 +139,7 @@ class DatabaseManager:
             "max_overflow": cfg.db_max_overflow,
             "pool_timeout": cfg.db_pool_timeout_s,
             "pool_recycle": cfg.db_pool_recycle_s,
-            "pool_pre_ping": False,  # tested at checkout below, unless used just now
+            "pool_pre_ping": False,  # CheckoutTest below (biz2bricks_core._pool_checks)
             "echo": cfg.db_echo,
         }
         connector = None
@@ -171,11 +163,12 @@ class DatabaseManager:
             options["async_creator"] = connect
         engine = create_async_engine(cfg.sqlalchemy_url(), **options)
         event.listen(engine.sync_engine, "handle_error", self._refused_as_access_error)
-        if cfg.db_pool_pre_ping:
-            _test_on_checkout(engine)
+        checks = CheckoutTest(engine) if cfg.db_pool_pre_ping else None
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         log.debug("database.engine_created", extra={"database": cfg.safe_description()})
-        return _LoopResources(engine=engine, sessions=sessions, connector=connector)
+        return _LoopResources(
+            engine=engine, sessions=sessions, connector=connector, checkout_test=checks
+        )
 
     def _refused_as_access_error(self, context: ExceptionContext) -> BaseException | None:
         # A refused connection (no such database or role, wrong password) is a setting to fix,
@@ -212,14 +205,36 @@ class DatabaseManager:
         the connection; if the driver raises a disconnect error the connection is invalidated
         (SQLAlchemy does not see the driver's errors), so the pool never hands it out again.
         """
-        async with self.engine.connect() as pooled:
+        resources = self._resources()
+        pooled = resources.engine.connect()
+        checked_out = DRIVER_CHECKOUT.set(True)  # this checkout may skip its test
+        try:
+            await pooled.start()
+        finally:
+            DRIVER_CHECKOUT.reset(checked_out)
+        try:
             raw = await pooled.get_raw_connection()
+            connection = raw.driver_connection  # invalidating detaches it from raw
             try:
-                yield raw.driver_connection
-            except (*DRIVER_DISCONNECT_ERRORS, OSError):
+                yield connection
+            except (*DRIVER_DISCONNECT_ERRORS, OSError, asyncpg.InternalClientError) as error:
+                driver_fault = isinstance(error, asyncpg.InternalClientError)
+                # Read before invalidating, which closes the connection.
+                client_fault = driver_fault and not connection_lost(connection, error)
                 await pooled.invalidate()
+                if client_fault:
+                    raise  # a client-side fault: the connection is replaced all the same
+                if resources.checkout_test is not None:
+                    resources.checkout_test.lost()
+                if driver_fault:  # the server ended it: a disconnect, as callers know them
+                    lost = asyncpg.exceptions.ConnectionDoesNotExistError(
+                        f"the connection was lost: {error}"
+                    )
+                    raise lost from error
                 raise
-            raw.info[_ALIVE_AT] = time.monotonic()  # PING_BYPASS_S
+            mark_alive(raw.info)
+        finally:
+            await pooled.close()
 
     async def get_session(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency: ``Depends(db.get_session)``; same commit/rollback rules."""
@@ -279,29 +294,3 @@ def get_database_manager() -> DatabaseManager:
     if _default_manager is None:
         _default_manager = DatabaseManager(DatabaseConfig())
     return _default_manager
-
-
-def _test_on_checkout(engine: AsyncEngine) -> None:
-    """Ping a connection when it is checked out, unless it was made, or used successfully on the
-    driver path, within PING_BYPASS_S.
-
-    A failed ping invalidates the pool (as SQLAlchemy's pre-ping does): the server restarted,
-    so every connection older than now is dead; the checkout gets a new one.
-    """
-    dialect = engine.sync_engine.dialect
-
-    def connected(dbapi_connection: Any, record: Any) -> None:
-        record.info[_ALIVE_AT] = time.monotonic()  # just made: no test needed
-
-    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        # Taken, not read: only the driver path's success puts it back (a session's use does not).
-        alive_at = record.info.pop(_ALIVE_AT, None)
-        if alive_at is not None and time.monotonic() - alive_at < PING_BYPASS_S:
-            return
-        try:
-            dialect.do_ping(dbapi_connection)
-        except Exception as error:
-            raise InvalidatePoolError(f"pool test on checkout failed: {error!r}") from error
-
-    event.listen(engine.sync_engine, "connect", connected)
-    event.listen(engine.sync_engine, "checkout", checkout)
