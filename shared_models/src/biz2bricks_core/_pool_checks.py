@@ -78,6 +78,6 @@ class CheckoutTest:
             # As SQLAlchemy's pre-ping: a disconnect means the server restarted, so every
             # older connection is dead too (the pool is invalidated); anything else replaces
             # this connection only.
-            if self._dialect.is_disconnect(error, dbapi_connection, None):
+            if self._dialect.is_disconnect(error, dbapi_connection, None):  # type: ignore[arg-type]
                 raise InvalidatePoolError(f"pool test on checkout: {error!r}") from error
             raise DisconnectionError(f"pool test on checkout: {error!r}") from error
