@@ -1,0 +1,103 @@
+"""A/B of two versions of the batch statement, server time only, batch by batch.
+
+Where ``bench.writer_ab`` times whole writes (Python, round trips and commit included), this
+prepares both versions of ``INSERT_AND_COUNT`` on one connection (generic plans, as the writer
+gets them after five runs) and alternates them batch by batch, each run under
+``EXPLAIN (ANALYZE, TIMING OFF)`` inside its own committed transaction, so both see the same
+growing tables. It prints the median of the paired ratios B/A and their quartiles: on this
+machine an A/A run reads 1.005 (0.96-1.05), so a difference of ~2% shows. Version B is the
+working tree; version A is ``biz2bricks_core/recording.py`` at a git revision (default HEAD),
+importing today's other modules. To measure a variant, edit the working tree and compare with
+HEAD (an ablation: remove a part, the ratio is its share).
+Run: uv run python -m bench.statement_ab [--baseline HEAD] [--batches 60] [--holds]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import tempfile
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from bench._common import bench_database, events, manager, provision_orgs
+from bench.consumer_write import chunks, realistic, with_holds
+from bench.writer_ab import RECORDING, _at, _load
+from biz2bricks_consumer.batching import Batch
+from biz2bricks_consumer.writer import BatchWriter
+from biz2bricks_core import recording
+from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.price_rows import load_price_book
+from tests.factories import message_for
+from tests.support import libpq_url
+
+WARM_UP = 10  # batches written by the writer first, so that both plans meet a filled table
+
+
+def _prepared(sql: str) -> str:
+    return (
+        sql.replace("$1::jsonb", "$1").replace("$2::integer[]", "$2").replace("$3::integer", "$3")
+    )
+
+
+async def measure(url: str, a_sql: str, b_sql: str, batches: int, holds: bool) -> None:
+    orgs = await provision_orgs(url, 1000)
+    db = manager(url)
+    book = await load_price_book(db, ModelNames())
+    writer = BatchWriter(db, lambda: book)
+    conn = await asyncpg.connect(libpq_url(make_url(url)))
+    if holds:
+        await conn.execute("UPDATE usage_limits SET token_limit = 1000000000000")
+    items = realistic(events(orgs, 1000 * (WARM_UP + 2 * batches)))
+    if holds:
+        items = await with_holds(conn, items)
+    cut = chunks(items, 1000)
+    for c in cut[:WARM_UP]:
+        await writer.write(Batch(events=c, sources=[message_for(e) for e in c]))
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    for name, sql in (("a", a_sql), ("b", b_sql)):
+        await conn.execute(f"PREPARE {name}(jsonb, integer[], integer) AS {_prepared(sql)}")
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    for i, c in enumerate(cut[WARM_UP:]):
+        name = "ab"[(i + i // 2) % 2]  # a b b a a b b a ...: neither always goes first
+        rows, prices, organizations, _ = recording.event_params(c, book)
+        rows_literal = "'" + rows.replace("'", "''") + "'"
+        prices_literal = "'{" + ",".join(map(str, prices)) + "}'"
+        async with conn.transaction():
+            plan = await conn.fetch(
+                f"EXPLAIN (ANALYZE, TIMING OFF) EXECUTE {name}"
+                f"({rows_literal}, {prices_literal}, {organizations})"
+            )
+        found = re.search(r"Execution Time: ([\d.]+)", plan[-1][0])
+        assert found is not None, plan[-1][0]
+        times[name].append(float(found.group(1)))
+        if (i + 1) % 20 == 0:
+            print(f"{i + 1}/{2 * batches} batches", flush=True)
+    await conn.close()
+    await db.dispose()
+    ratios = [b / a for a, b in zip(times["a"], times["b"], strict=False)]
+    low, _, high = statistics.quantiles(ratios, n=4)
+    print(
+        f"server ms, medians: A {statistics.median(times['a']):.2f}, "
+        f"B {statistics.median(times['b']):.2f}"
+    )
+    print(f"paired B/A median {statistics.median(ratios):.3f} (quartiles {low:.3f}-{high:.3f})")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--baseline", default="HEAD", help="git revision of version A")
+    parser.add_argument("--batches", type=int, default=60, help="batches of 1,000 per version")
+    parser.add_argument("--holds", action="store_true", help="every event settles a token hold")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, bench_database() as (url, _server):
+        baseline = _load(_at(args.baseline, RECORDING), "recording_baseline", Path(tmp))
+        asyncio.run(
+            measure(
+                url, baseline.INSERT_AND_COUNT, recording.INSERT_AND_COUNT, args.batches, args.holds
+            )
+        )
