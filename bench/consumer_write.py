@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -28,9 +29,11 @@ from biz2bricks_consumer.batching import Batch
 from biz2bricks_consumer.worker import tune_gc
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import UsageEvent
+from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.event_ids import NEW_ID_SQL, event_id_month, event_id_month_sql
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
+from biz2bricks_core.pricing import PriceBook
 from tests.factories import message_for
 from tests.pricing.cases import NAMES
 from tests.support import libpq_url
@@ -74,6 +77,32 @@ async def with_holds(conn: asyncpg.Connection, items: list[UsageEvent]) -> list[
         [e.organization_id for e in items],
     )
     return [e.model_copy(update={"reservation_id": i}) for e, i in zip(items, ids, strict=True)]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What every write-path bench sets up: organizations with counters, a manager with the
+    catalogue's price book, and a raw connection (the baseline's, and the set-up's)."""
+
+    orgs: list[uuid.UUID]
+    db: DatabaseManager
+    book: PriceBook
+    conn: asyncpg.Connection
+
+
+async def set_scene(url: str, n_orgs: int, holds: bool, grants: bool = False) -> Scene:
+    """The scene; with ``holds`` every organization has a token limit (so the alert statement
+    has thresholds to check), with ``grants`` every one is past its plan with 5 grants."""
+    orgs = await provision_orgs(url, n_orgs)
+    db = manager(url)
+    book = await load_price_book(db, ModelNames())
+    conn = await asyncpg.connect(libpq_url(make_url(url)))
+    if holds:
+        await conn.execute("UPDATE usage_limits SET token_limit = 1000000000000")
+    if grants:  # every organization is past its plan: each batch burns its grants
+        await conn.execute("UPDATE usage_limits SET token_limit = 0")
+        await add_grants(conn, orgs, 5, 10**15)
+    return Scene(orgs, db, book, conn)
 
 
 def chunks(items: list[UsageEvent], size: int) -> list[list[UsageEvent]]:
@@ -160,47 +189,39 @@ async def measure(
     holds: bool,
     grants: bool = False,
 ) -> None:
-    if True:
-        orgs = await provision_orgs(url, n_orgs)
-        db = manager(url)
-        book = await load_price_book(db, ModelNames())
-        writer = BatchWriter(db, lambda: book)
-        conn = await asyncpg.connect(libpq_url(make_url(url)))
+    scene = await set_scene(url, n_orgs, holds, grants)
+    orgs, db, conn = scene.orgs, scene.db, scene.conn
+    writer = BatchWriter(db, lambda: scene.book)
+    ours_s = raw_s = 0.0
+    per_round = n_events // rounds
+    for r in range(rounds):
+        raw_events = chunks(realistic(events(orgs, per_round)), batch_size)
+        our_events = realistic(events(orgs, per_round))
         if holds:
-            await conn.execute("UPDATE usage_limits SET token_limit = 1000000000000")
-        if grants:  # every organization is past its plan: each batch burns its grants
-            await conn.execute("UPDATE usage_limits SET token_limit = 0")
-            await add_grants(conn, orgs, 5, 10**15)
-        ours_s = raw_s = 0.0
-        per_round = n_events // rounds
-        for r in range(rounds):
-            raw_events = chunks(realistic(events(orgs, per_round)), batch_size)
-            our_events = realistic(events(orgs, per_round))
-            if holds:
-                our_events = await with_holds(conn, our_events)
-            our_batches = [
-                Batch(
-                    events=c,
-                    sources=[message_for(e) for e in c],
-                )
-                for c in chunks(our_events, batch_size)
-            ]
-            with Timer() as t_raw:
-                await raw_batches(conn, raw_events)
-            with Timer() as t_ours:
-                for batch in our_batches:
-                    await writer.write(batch)
-            raw_s += t_raw.seconds
-            ours_s += t_ours.seconds
-            print(
-                f"round {r + 1}/{rounds}: raw {per_round / t_raw.seconds:,.0f} ev/s, "
-                f"ours {per_round / t_ours.seconds:,.0f} ev/s"
+            our_events = await with_holds(conn, our_events)
+        our_batches = [
+            Batch(
+                events=c,
+                sources=[message_for(e) for e in c],
             )
-        sample = events(orgs, min(5000, n_events))
-        with Timer() as t_slow:
-            await per_event(conn, sample)
-        await conn.close()
-        await db.dispose()
+            for c in chunks(our_events, batch_size)
+        ]
+        with Timer() as t_raw:
+            await raw_batches(conn, raw_events)
+        with Timer() as t_ours:
+            for batch in our_batches:
+                await writer.write(batch)
+        raw_s += t_raw.seconds
+        ours_s += t_ours.seconds
+        print(
+            f"round {r + 1}/{rounds}: raw {per_round / t_raw.seconds:,.0f} ev/s, "
+            f"ours {per_round / t_ours.seconds:,.0f} ev/s"
+        )
+    sample = events(orgs, min(5000, n_events))
+    with Timer() as t_slow:
+        await per_event(conn, sample)
+    await conn.close()
+    await db.dispose()
     raw_rate, our_rate = n_events / raw_s, n_events / ours_s
     slow_rate = len(sample) / t_slow.seconds
     print(f"raw asyncpg unnest + counter update: {raw_rate:,.0f} events/s")

@@ -21,19 +21,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import asyncpg
-from sqlalchemy.engine import make_url
-
-from bench._common import bench_database, events, manager, provision_orgs
-from bench.consumer_write import chunks, realistic, with_holds
+from bench._common import bench_database, events
+from bench.consumer_write import chunks, realistic, set_scene, with_holds
 from bench.writer_ab import RECORDING, _at, _load
 from biz2bricks_consumer.batching import Batch
 from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import recording
-from biz2bricks_core.model_names import ModelNames
-from biz2bricks_core.price_rows import load_price_book
 from tests.factories import message_for
-from tests.support import libpq_url
 
 WARM_UP = 10  # batches written by the writer first, so that both plans meet a filled table
 
@@ -45,14 +39,10 @@ def _prepared(sql: str) -> str:
 
 
 async def measure(url: str, a_sql: str, b_sql: str, batches: int, holds: bool) -> None:
-    orgs = await provision_orgs(url, 1000)
-    db = manager(url)
-    book = await load_price_book(db, ModelNames())
+    scene = await set_scene(url, 1000, holds)
+    db, book, conn = scene.db, scene.book, scene.conn
     writer = BatchWriter(db, lambda: book)
-    conn = await asyncpg.connect(libpq_url(make_url(url)))
-    if holds:
-        await conn.execute("UPDATE usage_limits SET token_limit = 1000000000000")
-    items = realistic(events(orgs, 1000 * (WARM_UP + 2 * batches)))
+    items = realistic(events(scene.orgs, 1000 * (WARM_UP + 2 * batches)))
     if holds:
         items = await with_holds(conn, items)
     cut = chunks(items, 1000)

@@ -23,18 +23,12 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-import asyncpg
-from sqlalchemy.engine import make_url
-
-from bench._common import Timer, add_grants, bench_database, events, manager, provision_orgs
-from bench.consumer_write import chunks, raw_batches, realistic, with_holds
+from bench._common import Timer, bench_database, events
+from bench.consumer_write import chunks, raw_batches, realistic, set_scene, with_holds
 from biz2bricks_consumer import writer as working_tree
 from biz2bricks_consumer.batching import Batch
 from biz2bricks_consumer.worker import tune_gc
-from biz2bricks_core.model_names import ModelNames
-from biz2bricks_core.price_rows import load_price_book
 from tests.factories import message_for
-from tests.support import libpq_url
 
 WRITER = "consumer/src/biz2bricks_consumer/writer.py"
 RECORDING = "shared_models/src/biz2bricks_core/recording.py"
@@ -71,19 +65,12 @@ def writer_at(revision: str, workdir: Path, module: str = "recording") -> Module
 async def measure(
     url: str, baseline: ModuleType, n_events: int, batch_size: int, holds: bool, grants: bool
 ) -> None:
-    orgs = await provision_orgs(url, 1000)
-    db = manager(url)
-    book = await load_price_book(db, ModelNames())
+    scene = await set_scene(url, 1000, holds, grants)
+    orgs, db, conn = scene.orgs, scene.db, scene.conn
     writers = {
-        "A": baseline.BatchWriter(db, lambda: book),
-        "B": working_tree.BatchWriter(db, lambda: book),
+        "A": baseline.BatchWriter(db, lambda: scene.book),
+        "B": working_tree.BatchWriter(db, lambda: scene.book),
     }
-    conn = await asyncpg.connect(libpq_url(make_url(url)))
-    if holds:
-        await conn.execute("UPDATE usage_limits SET token_limit = 1000000000000")
-    if grants:  # as consumer_write --grants: every organization past its plan, 5 grants each
-        await conn.execute("UPDATE usage_limits SET token_limit = 0")
-        await add_grants(conn, orgs, 5, 10**15)
     seconds = {"A": 0.0, "B": 0.0, "raw": 0.0}
     rounds = 4
     per_round = n_events // rounds

@@ -7,6 +7,8 @@ import gc
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -129,22 +131,32 @@ async def _terminate_backend(database_url: str, pid: int) -> None:
         await admin.close()
 
 
+@asynccontextmanager
+async def _used_once(
+    database_url: str, bypass_s: float, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[DatabaseManager, int]]:
+    """A manager of one pooled connection, with this bypass window, that the driver path has
+    used once; and that connection's backend pid."""
+    monkeypatch.setattr(_pool_checks, "PING_BYPASS_S", bypass_s)
+    db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
+    try:
+        async with db.driver() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        yield db, pid
+    finally:
+        await db.dispose()
+
+
 async def test_an_idle_connection_the_server_dropped_is_replaced_at_checkout(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given one pooled connection, tested at checkout, that the server then terminates
-    monkeypatch.setattr(_pool_checks, "PING_BYPASS_S", 0.05)
-    db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
-    try:
-        async with db.driver() as conn:
-            first = await conn.fetchval("SELECT pg_backend_pid()")
+    async with _used_once(database_url, 0.05, monkeypatch) as (db, first):
         await _terminate_backend(database_url, first)
         await asyncio.sleep(0.1)  # idle beyond the bypass window
         # When it is checked out again, Then the test finds it dead and a new one serves
         async with db.driver() as conn:
             assert await conn.fetchval("SELECT pg_backend_pid()") != first
-    finally:
-        await db.dispose()
 
 
 async def test_a_connection_used_just_now_is_not_tested_and_a_dead_one_costs_one_attempt(
@@ -152,12 +164,8 @@ async def test_a_connection_used_just_now_is_not_tested_and_a_dead_one_costs_one
 ) -> None:
     # Given a connection the driver path used within the bypass window, then terminated by
     # the server while idle in the pool
-    monkeypatch.setattr(_pool_checks, "PING_BYPASS_S", 60.0)
-    db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
     pings = 0
-    try:
-        async with db.driver() as conn:
-            first = await conn.fetchval("SELECT pg_backend_pid()")
+    async with _used_once(database_url, 60.0, monkeypatch) as (db, first):
 
         def count_ping(*_: object) -> None:
             nonlocal pings
@@ -175,19 +183,13 @@ async def test_a_connection_used_just_now_is_not_tested_and_a_dead_one_costs_one
         async with db.driver() as conn:
             assert await conn.fetchval("SELECT pg_backend_pid()") != first
         assert pings == 0
-    finally:
-        await db.dispose()
 
 
 async def test_a_session_checks_out_a_connection_the_driver_used_just_now_tested(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a connection the driver path used within the bypass window, then terminated
-    monkeypatch.setattr(_pool_checks, "PING_BYPASS_S", 60.0)
-    db = DatabaseManager(DatabaseConfig(database_url=database_url, db_pool_size=1))
-    try:
-        async with db.driver() as conn:
-            first = await conn.fetchval("SELECT pg_backend_pid()")
+    async with _used_once(database_url, 60.0, monkeypatch) as (db, first):
         await _terminate_backend(database_url, first)
         # When a session checks it out (sessions have no fallback): tested, replaced
         async with db.session() as session:
@@ -198,8 +200,6 @@ async def test_a_session_checks_out_a_connection_the_driver_used_just_now_tested
         await _terminate_backend(database_url, second)
         async with db.driver() as conn:
             assert await conn.fetchval("SELECT pg_backend_pid()") not in (first, second)
-    finally:
-        await db.dispose()
 
 
 async def test_after_one_dead_connection_every_connection_marked_before_is_tested(
