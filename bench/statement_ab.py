@@ -7,7 +7,9 @@ gets them after five runs) and alternates them batch by batch, each run under
 growing tables. It prints the median of the paired ratios B/A and their quartiles: on this
 machine an A/A run reads 1.005 (0.96-1.05), so a difference of ~2% shows. Version B is the
 working tree; version A is ``biz2bricks_core/recording.py`` at a git revision (default HEAD),
-importing today's other modules. To measure a variant, edit the working tree and compare with
+importing today's other modules; each version's own ``event_params`` makes its parameters
+(their types are read from the statement's casts), so the two may take different ones. To
+measure a variant, edit the working tree and compare with
 HEAD (an ablation: remove a part, the ratio is its share).
 Run: uv run python -m bench.statement_ab [--baseline HEAD] [--batches 60] [--holds]
 """
@@ -20,6 +22,7 @@ import re
 import statistics
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 from bench._common import bench_database, events
 from bench.consumer_write import chunks, realistic, set_scene, with_holds
@@ -32,13 +35,24 @@ from tests.factories import message_for
 WARM_UP = 10  # batches written by the writer first, so that both plans meet a filled table
 
 
-def _prepared(sql: str) -> str:
-    return (
-        sql.replace("$1::jsonb", "$1").replace("$2::integer[]", "$2").replace("$3::integer", "$3")
-    )
+def _literal(value: object) -> str:
+    """A parameter of ``event_params`` as an SQL literal (its type comes from the PREPARE)."""
+    if isinstance(value, list):
+        value = "{" + ",".join(map(str, value)) + "}"
+    return "'" + str(value).replace("'", "''") + "'"
 
 
-async def measure(url: str, a_sql: str, b_sql: str, batches: int, holds: bool) -> None:
+def _prepare(name: str, sql: str) -> str:
+    """A PREPARE of ``sql`` whose parameter types are read from its casts ($1::jsonb, ...)."""
+    types = {}
+    for number, sql_type in re.findall(r"\$(\d+)::([a-z]+(?:\[\])?)", sql):
+        types[int(number)] = sql_type
+    uncast = re.sub(r"(\$\d+)::[a-z]+(?:\[\])?", r"\1", sql)
+    listed = ", ".join(types[n] for n in sorted(types))
+    return f"PREPARE {name}({listed}) AS {uncast}"
+
+
+async def measure(url: str, a: ModuleType, b: ModuleType, batches: int, holds: bool) -> None:
     scene = await set_scene(url, 1000, holds)
     db, book, conn = scene.db, scene.book, scene.conn
     writer = BatchWriter(db, lambda: book)
@@ -49,18 +63,16 @@ async def measure(url: str, a_sql: str, b_sql: str, batches: int, holds: bool) -
     for c in cut[:WARM_UP]:
         await writer.write(Batch(events=c, sources=[message_for(e) for e in c]))
     await conn.execute("SET plan_cache_mode = force_generic_plan")
-    for name, sql in (("a", a_sql), ("b", b_sql)):
-        await conn.execute(f"PREPARE {name}(jsonb, integer[], integer) AS {_prepared(sql)}")
+    versions = {"a": a, "b": b}
+    for name, version in versions.items():
+        await conn.execute(_prepare(name, version.INSERT_AND_COUNT))
     times: dict[str, list[float]] = {"a": [], "b": []}
     for i, c in enumerate(cut[WARM_UP:]):
         name = "ab"[(i + i // 2) % 2]  # a b b a a b b a ...: neither always goes first
-        rows, prices, organizations, _ = recording.event_params(c, book)
-        rows_literal = "'" + rows.replace("'", "''") + "'"
-        prices_literal = "'{" + ",".join(map(str, prices)) + "}'"
+        *params, _ = versions[name].event_params(c, book)
         async with conn.transaction():
             plan = await conn.fetch(
-                f"EXPLAIN (ANALYZE, TIMING OFF) EXECUTE {name}"
-                f"({rows_literal}, {prices_literal}, {organizations})"
+                f"EXPLAIN (ANALYZE, TIMING OFF) EXECUTE {name}({', '.join(map(_literal, params))})"
             )
         found = re.search(r"Execution Time: ([\d.]+)", plan[-1][0])
         assert found is not None, plan[-1][0]
@@ -86,8 +98,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, bench_database() as (url, _server):
         baseline = _load(_at(args.baseline, RECORDING), "recording_baseline", Path(tmp))
-        asyncio.run(
-            measure(
-                url, baseline.INSERT_AND_COUNT, recording.INSERT_AND_COUNT, args.batches, args.holds
-            )
-        )
+        asyncio.run(measure(url, baseline, recording, args.batches, args.holds))
