@@ -62,6 +62,7 @@ WHERE u.organization_id = d.organization_id
 # The same job as ours with --holds, written raw: the events' settled holds deleted (only
 # those of events this transaction inserted, and only of the event's own organization) and
 # their tokens taken off the counters' reservations in the same summed UPDATE.
+RAW_INSERT_RETURNING_IDS = RAW_INSERT.replace("RETURNING ", "RETURNING event_id, ")
 RAW_SETTLE = """
 DELETE FROM usage_token_holds h USING unnest($1::uuid[], $2::uuid[]) AS s(id, o)
 WHERE h.id = s.id AND h.organization_id = s.o
@@ -147,21 +148,28 @@ def realistic(items: list[UsageEvent]) -> list[UsageEvent]:
     return out
 
 
+async def raw_insert(
+    conn: asyncpg.Connection, sql: str, batch: list[UsageEvent]
+) -> list[asyncpg.Record]:
+    """The raw insert of ``batch`` (RAW_INSERT or RAW_INSERT_RETURNING_IDS), as typed arrays."""
+    return await conn.fetch(
+        sql,
+        [e.event_id for e in batch],
+        [e.organization_id for e in batch],
+        [e.occurred_at for e in batch],
+        [e.provider for e in batch],
+        [e.model for e in batch],
+        [e.input_tokens for e in batch],
+        [e.output_tokens for e in batch],
+        [e.cache_read_tokens for e in batch],
+        [e.cache_write_tokens for e in batch],
+    )
+
+
 async def raw_batches(conn: asyncpg.Connection, batches: list[list[UsageEvent]]) -> None:
     for batch in batches:
         async with conn.transaction():
-            rows = await conn.fetch(
-                RAW_INSERT,
-                [e.event_id for e in batch],
-                [e.organization_id for e in batch],
-                [e.occurred_at for e in batch],
-                [e.provider for e in batch],
-                [e.model for e in batch],
-                [e.input_tokens for e in batch],
-                [e.output_tokens for e in batch],
-                [e.cache_read_tokens for e in batch],
-                [e.cache_write_tokens for e in batch],
-            )
+            rows = await raw_insert(conn, RAW_INSERT, batch)
             sums: dict[uuid.UUID, int] = defaultdict(int)
             for row in rows:
                 sums[row["organization_id"]] += row["tokens"]
@@ -174,18 +182,7 @@ async def raw_settling_batches(conn: asyncpg.Connection, batches: list[list[Usag
     event's hold (reported beside the bar's ratio, which is against ``raw_batches``)."""
     for batch in batches:
         async with conn.transaction():
-            rows = await conn.fetch(
-                RAW_INSERT.replace("RETURNING ", "RETURNING event_id, "),
-                [e.event_id for e in batch],
-                [e.organization_id for e in batch],
-                [e.occurred_at for e in batch],
-                [e.provider for e in batch],
-                [e.model for e in batch],
-                [e.input_tokens for e in batch],
-                [e.output_tokens for e in batch],
-                [e.cache_read_tokens for e in batch],
-                [e.cache_write_tokens for e in batch],
-            )
+            rows = await raw_insert(conn, RAW_INSERT_RETURNING_IDS, batch)
             holds = {e.event_id: e.reservation_id for e in batch}
             settle = [(holds[r["event_id"]], r["organization_id"]) for r in rows]
             settle = [(h, o) for h, o in settle if h is not None]
