@@ -6,7 +6,8 @@ measured path.
 
 Compared in one run against (a) raw asyncpg: unnest insert ON CONFLICT DO NOTHING RETURNING
 plus one summed counter UPDATE per batch, and (b) one transaction per event with
-SELECT .. FOR UPDATE (the original library's pattern). Bars: >= 0.6x (a), >= 25x (b).
+SELECT .. FOR UPDATE (the original library's pattern). Bar: >= 0.6x (a); the ratio to (b) is
+reported only (it depends on the machine's commit latency).
 With --holds every event of ours settles a live token hold and the organizations have a token
 limit (so the alert statement has thresholds to check): the write path at its fullest. The bar
 compares it with (a) as above; a raw baseline that settles the same holds (deletes them and
@@ -286,7 +287,7 @@ async def measure(
     print(f"BatchWriter ({batch_size}/batch, {n_orgs} orgs{settling}): {our_rate:,.0f} events/s")
     print(
         f"ratio vs raw {our_rate / raw_rate:.2f}x (bar >= {0.5 if grants else 0.6}); "
-        f"vs per-event {our_rate / slow_rate:.1f}x (bar >= 25)"
+        f"vs per-event {our_rate / slow_rate:.1f}x (reported)"
     )
     if holds:  # reported only: the bar is against the raw baseline above
         settling_rate = n_events / raw_settling_s
