@@ -91,6 +91,23 @@ async def test_an_id_far_in_the_future_gets_its_partition_on_demand(db: Database
     assert await stored_in(db, far) == ["usage_events_y2187m05"]
 
 
+async def test_an_id_past_the_year_9999_is_stored_untimed_and_the_batch_written(
+    db: DatabaseManager,
+) -> None:
+    # Given a batch with a v7 id whose 48-bit time reads as the year 10889 (no date holds it)
+    writer = await writer_for(db)
+    org = await provisioned_org(db)
+    last = uuid.UUID("ffffffff-ffff-7fff-bfff-ffffffffffff")
+    events = [make_event(org, event_id=last), make_event(org, event_id=new_event_id())]
+    # When written
+    result = await writer.write(build_batch(message_for(e) for e in events))
+    # Then both are stored, that one in the untimed partition; a redelivery is a duplicate
+    assert (result.inserted, result.rejected) == (2, [])
+    assert await stored_in(db, last) == ["usage_events_untimed"]
+    again = await writer.write(build_batch([message_for(events[0])]))
+    assert (again.inserted, again.duplicates) == (0, 1)
+
+
 async def test_events_beyond_retention_are_rejects_and_the_rest_is_written(
     db: DatabaseManager,
 ) -> None:

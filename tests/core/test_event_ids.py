@@ -141,6 +141,38 @@ def test_the_months_of_many_ids_are_the_months_of_each() -> None:
     assert event_id_months([]) == set()
 
 
+def beyond_year_9999(seed: int, count: int) -> list[uuid.UUID]:
+    """v7 ids whose 48-bit time lies past what a date holds (from 10000-01-01 to 10889)."""
+    rng = random.Random(seed)
+    first, last = 253_402_300_800_000, (1 << 48) - 1
+    times = [first - 1, first, first + 1, last, *(rng.randrange(first, last) for _ in range(count))]
+    return [
+        uuid.UUID(
+            int=(ms << 80)
+            | (rng.getrandbits(80) & ~(0xF << 76) & ~(0x3 << 62))
+            | (7 << 76)
+            | (0b10 << 62)
+        )
+        for ms in times
+    ]
+
+
+async def test_a_v7_id_past_the_year_9999_is_untimed_in_python_and_sql(db: DatabaseManager) -> None:
+    # Given v7 ids around and past the last millisecond of 9999 (a tenth of random v7 ids)
+    ids = beyond_year_9999(9, 200)
+    # Then the one before the edge has a month, the others are untimed, never an error
+    assert event_id_month(ids[0]) == date(9999, 12, 1)
+    assert [event_id_month(e) for e in ids[1:]] == [UNTIMED] * (len(ids) - 1)
+    assert event_id_months(ids) == {date(9999, 12, 1), UNTIMED}
+    statement = text(
+        f"SELECT {event_id_month_sql('e')} FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY"
+        " AS t(e, n) ORDER BY n"
+    )
+    async with db.engine.connect() as conn:
+        months = (await conn.execute(statement, {"ids": ids})).scalars().all()
+    assert months == [event_id_month(e) for e in ids]
+
+
 async def test_the_month_of_every_kind_of_id_in_sql_equals_the_python_rule(
     db: DatabaseManager,
 ) -> None:
