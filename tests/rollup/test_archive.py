@@ -25,6 +25,7 @@ from biz2bricks_core.retention import (
 )
 from biz2bricks_devtools.localservices import LocalService
 from biz2bricks_rollup.archive import archive, archived_before, months_to_archive
+from biz2bricks_rollup.archive_parquet import SCHEMA, SELECT_COLUMNS
 from biz2bricks_rollup.archive_store import GcsStore, LocalStore, open_store
 from biz2bricks_rollup.reconcile import find_drift
 from biz2bricks_rollup.retention_prune import prune_retained
@@ -143,6 +144,44 @@ async def test_archive_round_trip_keeps_every_row_once_and_changes_no_summary(
     # ... and the first month still in PostgreSQL is the horizon (the rollup run refuses days
     # before it)
     assert await archived_before(db) == add_months(horizon().date(), 0)
+
+
+async def test_the_parquet_files_keep_every_column_of_the_rows_removed(
+    archive_db: DatabaseManager, tmp_path: Path
+) -> None:
+    # Given a month beyond retention, one event voided, one amending it, in a price context
+    db = archive_db
+    await seed(db, [15], per_month=20)
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE usage_events SET voided_at = occurred_at + interval '1 hour',"
+                " price_variant = 'processing=batch', web_search_requests = 3,"
+                " amends = event_id WHERE occurred_at < :h AND input_tokens IN (101, 102)"
+            ),
+            {"h": horizon()},
+        )
+        columns = await conn.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = 'usage_events' AND table_schema = current_schema()"
+            )
+        )
+        table_columns = {r[0] for r in columns}
+        expected = await conn.execute(
+            text(f"SELECT {SELECT_COLUMNS} FROM usage_events WHERE occurred_at < :h"),
+            {"h": horizon()},
+        )
+        before = sorted(tuple(r) for r in expected)
+    # When archived
+    await archive(db, LocalStore(tmp_path), retention_months=HORIZON_MONTHS)
+    # Then the files have every column of the table, each value as it was
+    part = next((tmp_path / "usage_events").glob("*/part-00000.parquet"))
+    table = pq.read_table(part)
+    assert set(table.column_names) == table_columns
+    rows = sorted(tuple(r.values()) for r in table.to_pylist())
+    assert rows == before
+    assert sum(r[SCHEMA.names.index("voided_at")] is not None for r in rows) == 2
 
 
 async def test_archive_to_gcs_through_the_emulator(

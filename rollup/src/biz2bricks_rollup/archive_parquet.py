@@ -5,7 +5,8 @@ Layout (hive partitioning, which BigQuery external tables, DuckDB and pyarrow re
 ``occurred_at``; a month is split into parts of at most ``rows_per_file`` rows, numbered from
 00000. The month is in the path, not in the file. Ids are strings (BigQuery has no UUID
 type), times are UTC microseconds, tokens int64, ``cost_usd`` decimal(24,12) as in PostgreSQL,
-``metadata`` JSON text.
+``metadata`` JSON text. Every column of usage_events is kept (a test compares the two), so
+a reader can leave out voided events (``voided_at``) and price by ``price_variant``.
 """
 
 from __future__ import annotations
@@ -41,11 +42,25 @@ SCHEMA: Final = pa.schema(
         pa.field("request_id", pa.string()),
         pa.field("metadata", pa.string()),
         pa.field("reservation_id", pa.string()),
+        # A voided event stays, counted nowhere; amends names the event a correction replaces.
+        pa.field("voided_at", pa.timestamp("us", tz="UTC")),
+        pa.field("amends", pa.string()),
+        pa.field("price_variant", pa.string(), nullable=False),
+        pa.field("web_search_requests", pa.int64(), nullable=False),
+        # The partition key in PostgreSQL (the month the id carries; 0001-01-01: untimed).
+        pa.field("id_month", pa.date32(), nullable=False),
     ]
 )
 # The SELECT list that yields SCHEMA's columns in order: uuids and JSON as text, so no value
 # is converted in Python.
-_AS_TEXT: Final = {"event_id", "organization_id", "user_id", "reservation_id", "metadata"}
+_AS_TEXT: Final = {
+    "event_id",
+    "organization_id",
+    "user_id",
+    "reservation_id",
+    "amends",
+    "metadata",
+}
 SELECT_COLUMNS: Final = ", ".join(
     f"CAST({f.name} AS text)" if f.name in _AS_TEXT else f.name for f in SCHEMA
 )
