@@ -289,3 +289,15 @@ async def test_rejects_and_relayed_alerts_are_pruned_after_their_retention(
     async with archive_db.engine.connect() as conn:
         left = await conn.execute(text("SELECT reason FROM usage_event_rejects"))
         assert [r[0] for r in left] == ["y"]
+
+
+def test_a_month_that_is_not_yyyy_mm_is_refused_naming_the_format() -> None:
+    for wrong in ("2024-13", "2024-1", "2024-01-01", "last"):
+        done = subprocess.run(
+            [sys.executable, "-m", "biz2bricks_rollup", "archive", "--before", wrong],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"argument --before: expected a month as YYYY-MM, got '{wrong}'" in done.stderr

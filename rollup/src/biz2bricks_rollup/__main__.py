@@ -79,7 +79,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _month(value: str) -> date:
-    return date.fromisoformat(f"{value}-01")
+    """A month given as YYYY-MM (argparse prints the error as "argument --before: ...")."""
+    try:
+        if len(value) != 7:
+            raise ValueError(value)
+        return date.fromisoformat(f"{value}-01")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a month as YYYY-MM, got {value!r}") from None
 
 
 def _days(args: argparse.Namespace) -> list[date] | None:
