@@ -11,11 +11,12 @@ stay in PostgreSQL forever). Months are archived oldest first, each in four step
    cost sum must equal what was exported.
 3. Record: the totals go to ``usage_event_archive`` (removed_at NULL).
 4. Remove, in one transaction holding an EXCLUSIVE lock on usage_events (reads go on, inserts
-   wait a moment): the month's totals are counted again and must equal the verified ones (else
-   nothing is removed and the month is exported again); partitions of id months up to this
-   month that hold nothing but this month's rows are detached and dropped (the disk is freed
-   at once); the month's rows left in other partitions (late events, the untimed partition)
-   are deleted; removed_at is set.
+   wait): the month's totals are counted again and must equal the verified ones (else
+   nothing is removed and the month is exported again); the month's rows in partitions that
+   also hold other months (late events, the untimed partition) are deleted; last, partitions
+   of id months up to this month that hold nothing but this month's rows are detached and
+   dropped (the disk is freed at once). DETACH takes an ACCESS EXCLUSIVE lock, so reads wait
+   only for the detach, the drop and the commit, not for the counting and deleting before.
 
 A kill at any point loses nothing: before step 4 commits, every row is still in PostgreSQL
 and the next run redoes the month, overwriting the same keys; after it, the files are
@@ -316,21 +317,30 @@ async def _remove(
         rows, tokens_in, tokens_out, cost = await conn.fetchrow(MONTH_TOTALS, start, end)
         if Totals(rows, int(tokens_in), int(tokens_out), cost) != verified:
             return None
-        dropped = []
+        kept: list[date] = []
+        dropped: list[date] = []
         for key in sorted(await existing_partitions(conn)):
-            if key == UNTIMED or key > month:
-                continue
             name = partition_name(key)
             # Only a partition that holds nothing but this (verified) month's rows goes whole.
-            others = await conn.fetchval(
-                f"SELECT EXISTS (SELECT 1 FROM {name} WHERE NOT ({IN_MONTH}))", start, end
+            whole = (
+                key != UNTIMED
+                and key <= month
+                and not await conn.fetchval(
+                    f"SELECT EXISTS (SELECT 1 FROM {name} WHERE NOT ({IN_MONTH}))", start, end
+                )
             )
-            if not others:
-                for statement in detach_and_drop_sql(key):
-                    await conn.execute(statement)
-                dropped.append(name)
-        status = await conn.execute(f"DELETE FROM usage_events WHERE {IN_MONTH}", start, end)
+            (dropped if whole else kept).append(key)
+        deleted = 0
+        for key in kept:  # the month's rows left elsewhere (late events, the untimed partition)
+            status = await conn.execute(
+                f"DELETE FROM {partition_name(key)} WHERE {IN_MONTH}", start, end
+            )
+            deleted += int(status.split()[-1])
+        # Last: DETACH takes ACCESS EXCLUSIVE on usage_events (reads wait too) until commit.
+        for key in dropped:
+            for statement in detach_and_drop_sql(key):
+                await conn.execute(statement)
         await conn.execute(
             "UPDATE usage_event_archive SET removed_at = now() WHERE month = $1", month
         )
-    return tuple(dropped), int(status.split()[-1])
+    return tuple(partition_name(key) for key in dropped), deleted
