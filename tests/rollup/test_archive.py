@@ -264,6 +264,26 @@ async def test_dry_run_prints_and_changes_nothing(
     assert files_of(tmp_path, "*.parquet") == {}
 
 
+async def test_a_dry_run_needs_no_store_and_a_real_run_names_the_missing_setting(
+    archive_db: DatabaseManager, archive_database_url: str
+) -> None:
+    await seed(archive_db, [15], per_month=30)
+    before = await rows_before(archive_db, horizon().date())
+    env = {**os.environ, "DATABASE_URL": archive_database_url}
+    env.pop("USAGE_ARCHIVE_URL", None)
+    # A dry run only counts: it runs, and says what a real run would need
+    dry = run_archive(env, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would archive {months_ago(15):%Y-%m}: 30 event(s)" in dry.stdout
+    assert "USAGE_ARCHIVE_URL is not set" in dry.stderr
+    # A real run refuses in one line naming the variable, and removes nothing
+    real = run_archive(env)
+    assert real.returncode == 2, real.stderr
+    assert "USAGE_ARCHIVE_URL" in real.stderr
+    assert "Traceback" not in real.stderr
+    assert await rows_before(archive_db, horizon().date()) == before
+
+
 async def test_before_may_not_reach_into_retention(archive_db: DatabaseManager) -> None:
     with pytest.raises(ValueError, match="still within retention"):
         await months_to_archive(archive_db, HORIZON_MONTHS, months_ago(2))

@@ -184,7 +184,7 @@ async def months_to_archive(
 
 async def archive(
     db: DatabaseManager,
-    store: ArchiveStore,
+    store: ArchiveStore | None,
     *,
     retention_months: int,
     before: date | None = None,
@@ -192,7 +192,10 @@ async def archive(
     rows_per_file: int = 1_000_000,
     progress: Callable[[MonthResult], None] | None = None,
 ) -> list[MonthResult]:
-    """Archive every month due (see the module docstring); what each month did."""
+    """Archive every month due (see the module docstring); what each month did. A dry run
+    only counts each month's rows, so it needs no ``store``."""
+    if store is None and not dry_run:
+        raise ValueError("archive needs a store unless it is a dry run")
     results = []
     for month in await months_to_archive(db, retention_months, before):
         if dry_run:
@@ -202,6 +205,7 @@ async def archive(
                 )
             result = MonthResult(month, rows, 0, 0, (), 0, 0.0, dry_run=True)
         else:
+            assert store is not None  # checked above
             result = await archive_month(db, store, month, rows_per_file)
         if progress is not None:
             progress(result)
