@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -146,3 +147,29 @@ async def test_the_void_and_statement_commands(db: DatabaseManager) -> None:
     )
     assert bad.returncode == 2
     assert "expected YYYY-MM" in bad.stderr
+    # A round number of tokens too (asyncpg reads the sum 60,000 as Decimal('6E+4'))
+    await write_events(
+        db, [make_event(org, request_id="req-8", input_tokens=60_000, output_tokens=0)]
+    )
+    round_dry = await asyncio.to_thread(
+        rollup_command,
+        "void",
+        "--org",
+        str(org),
+        "--request-id",
+        "req-8",
+        "--reason",
+        "x",
+        "--dry-run",
+    )
+    assert "openai/gpt-4o: 1 event(s), 60,000 tokens" in round_dry.stdout, round_dry.stdout
+    # An organization never provisioned: one line, no traceback, for both commands
+    stranger = str(uuid.uuid4())
+    for args in (
+        ("statement", "--org", stranger, "--period", month),
+        ("void", "--org", stranger, "--request-id", "req-7", "--reason", "dup"),
+    ):
+        refused = await asyncio.to_thread(rollup_command, *args)
+        assert refused.returncode == 2, refused.stderr
+        assert "has no usage_limits row" in refused.stderr
+        assert "Traceback" not in refused.stderr

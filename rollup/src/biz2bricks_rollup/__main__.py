@@ -13,7 +13,7 @@ from datetime import date
 from biz2bricks_core.cli import EXIT_CONFIGURATION, command_parser, listen_error, run_command
 from biz2bricks_core.config import DatabaseConfig
 from biz2bricks_core.database import DatabaseManager
-from biz2bricks_core.errors import ConfigurationError
+from biz2bricks_core.errors import ConfigurationError, PermanentError
 from biz2bricks_core.logs import configure_logging
 from biz2bricks_core.retention import RetentionSettings
 from biz2bricks_core.schema import check_schema
@@ -147,7 +147,8 @@ async def _run(db: DatabaseManager, args: argparse.Namespace) -> int:
     except RollupBusyError as error:
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)
         return EXIT_BUSY
-    except ValueError as error:
+    except (ValueError, PermanentError) as error:
+        # A refused argument, an unknown organization, grant or event: one line, exit 2.
         if isinstance(error, ConfigurationError):
             raise  # run_command reports it
         print(f"biz2bricks-rollup: {error}", file=sys.stderr)

@@ -81,8 +81,9 @@ async def run_void(db: DatabaseManager, args: argparse.Namespace) -> int:
     }
     for row in await preview_void(db, args.org, **selectors):
         print(
+            # int(): asyncpg reads sum(bigint), a numeric, as Decimal('6E+4') for 60000
             f"{row['provider']}/{row['model']}: {row['events']:,} event(s),"
-            f" {row['tokens']:,} tokens, cost {row['cost_usd'] or 0}"
+            f" {int(row['tokens']):,} tokens, cost {row['cost_usd'] or 0}"
             + (f" ({row['unpriced']} unpriced)" if row["unpriced"] else "")
         )
     kept_from = await archived_before(db)
