@@ -254,6 +254,32 @@ async def test_an_amendment_moves_usage_to_the_right_organization_and_model(
         await service.amend_event(event.event_id, reason="x", model="gpt-4.1")
 
 
+async def test_concurrent_amendments_of_one_event_replace_it_once(db: DatabaseManager) -> None:
+    # Given an event, and its organization's counter row locked by another transaction, so
+    # that every amendment below reads the original before any of them voids it
+    org = await provisioned_org(db)
+    service = UsageService(db)
+    event = make_event(org, input_tokens=1_000, output_tokens=0)
+    await write_events(db, [event])
+    async with db.driver() as blocker, blocker.transaction():
+        await blocker.execute(
+            "SELECT 1 FROM usage_limits WHERE organization_id = $1 FOR UPDATE", org
+        )
+        amends = [
+            asyncio.create_task(
+                service.amend_event(event.event_id, reason="retried", input_tokens=2_000)
+            )
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.5)
+    # When they go on: the first replaces it, the others are retries of that amendment
+    ids = await asyncio.gather(*amends)
+    assert len(set(ids)) == 1
+    assert (await counters(db, org))["tokens_used_period"] == 2_000
+    await assert_counter_derivable(db, org)
+    assert len(await corrections(db, org)) == 1
+
+
 async def test_an_amendment_corrects_the_price_context_of_a_call(
     db: DatabaseManager, writer: BatchWriter
 ) -> None:

@@ -98,9 +98,13 @@ async def amend_event(
             raise UnknownOrganizationError(
                 f"organization {amended.organization_id} has no usage_limits row"
             )
-        await void_locked(
+        voided = await void_locked(
             conn, original["organization_id"], [event_id], None, None, None, reason, actor, "amend"
         )
+        if voided.voided != 1:
+            # Voided or amended by a concurrent correction since it was read: under the locks
+            # now, it is a retry of that amendment or refused, never a second replacement.
+            return await _same_amendment(conn, await conn.fetchrow(ORIGINAL, event_id), amended)
         recorded = await record_events(conn, [amended], book)
         if recorded.inserted != 1:
             raise RuntimeError(f"the amendment {amended.event_id} of {event_id} was not stored")
