@@ -179,6 +179,43 @@ async def test_voiding_usage_a_grant_paid_for_gives_the_grant_back_last_paid_fir
     assert first.id != second.id
 
 
+async def test_voiding_usage_of_an_earlier_period_gives_back_what_grants_paid_in_it(
+    db: DatabaseManager,
+) -> None:
+    # Given a free plan whose usage last period went 500 tokens beyond it, paid by a grant,
+    # and a period that has rolled since
+    org = await provisioned_org(db, plan="free")
+    service = UsageService(db)
+    current, _ = period_bounds(datetime.now(UTC))
+    last, _ = period_bounds(current - timedelta(days=1))
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE usage_limits SET period_start = :a, period_end = :b, created_at = :a"
+                " WHERE organization_id = :o"
+            ),
+            {"a": last, "b": current, "o": org},
+        )
+    grant = await service.grant_credits(org, 10_000, effective_at=last)
+    old = make_event(
+        org, occurred_at=last + timedelta(days=3), input_tokens=100_500, output_tokens=0
+    )
+    await write_events(db, [old])
+    await write_events(db, [make_event(org, input_tokens=10, output_tokens=0)])
+    assert [g.remaining for g in await service.list_grants(org)] == [9_500]
+    # When that usage is voided
+    await service.void_events(org, event_ids=[old.event_id], reason="test traffic")
+    # Then the grant has back what it paid, and last period's statement shows no credits used
+    [after] = await service.list_grants(org)
+    assert (after.id, after.remaining) == (grant.id, 10_000)
+    statement = await service.get_statement(org, last)
+    assert (statement.tokens, statement.credits_consumed, statement.overage_tokens) == (0, 0, 0)
+    [row] = [r for r in await corrections(db, org) if r.event_id == old.event_id]
+    assert (row.counted, row.grants_restored) == (False, 500)
+    assert (await counters(db, org))["tokens_used_period"] == 10
+    await assert_counter_derivable(db, org)
+
+
 async def test_void_arguments_are_checked(db: DatabaseManager) -> None:
     org = await provisioned_org(db)
     service = UsageService(db)

@@ -41,13 +41,14 @@ from biz2bricks_core.errors import (
     InvalidArgumentError,
     UnknownOrganizationError,
 )
-from biz2bricks_core.periods import in_period
+from biz2bricks_core.periods import in_period, period_bounds
 
 __all__ = ["VoidResult", "preview_void", "void_events", "void_locked"]
 
 LOCK: Final = (
-    "SELECT now() AS now, period_start, period_end, token_limit, tokens_used_period,"
-    " grants_consumed_period FROM usage_limits WHERE organization_id = $1 FOR UPDATE"
+    "SELECT now() AS now, period_start, period_end, period_unit, token_limit,"
+    " tokens_used_period, grants_consumed_period FROM usage_limits"
+    " WHERE organization_id = $1 FOR UPDATE"
 )
 # The organization's events a void names: by ids, by request id, or by a range of occurred_at.
 TARGETS: Final = (
@@ -85,6 +86,16 @@ PAID_IN_PERIOD: Final = (
     " FROM credit_ledger c JOIN credit_grants g ON g.id = c.grant_id"
     " WHERE c.organization_id = $1 AND c.period_start = $2 AND c.kind IN ('consume', 'restore')"
     " GROUP BY g.id"
+)
+# An earlier period's usage left after a void (its counters rolled since) and what grants paid
+# for in it (consume less restore rows; FLUSH_GRANTS has booked what they owed).
+EARLIER_PERIOD: Final = (
+    f"SELECT coalesce((SELECT sum({event_tokens_sql('input_tokens', 'output_tokens')})"
+    " FROM usage_events WHERE organization_id = $1 AND occurred_at >= $2 AND occurred_at < $3"
+    " AND voided_at IS NULL), 0) AS used,"
+    " coalesce((SELECT sum(CASE WHEN kind = 'consume' THEN tokens ELSE -tokens END)"
+    " FROM credit_ledger WHERE organization_id = $1 AND period_start = $2"
+    " AND kind IN ('consume', 'restore')), 0) AS consumed"
 )
 RESTORE: Final = (
     "WITH given AS (SELECT * FROM unnest($2::uuid[], $3::bigint[]) AS t(grant_id, tokens)),"
@@ -212,10 +223,28 @@ async def void_locked(
         Decimal(0),
     )
     unpriced = sum(1 for v, c in zip(voided, counted, strict=True) if c and v["cost_usd"] is None)
-    restored = await _restore_grants(conn, org, limits, tokens)
+    restored = 0
+    if tokens:
+        restored = await _restore_grants(
+            conn,
+            org,
+            limits["period_start"],
+            int(limits["grants_consumed_period"]),
+            int(limits["tokens_used_period"]) - tokens,
+            limits["token_limit"],
+        )
+    # Events of earlier periods (their counters rolled): what grants paid for beyond the plan
+    # there is recomputed for the usage left in that period, as for the current one.
+    periods = [
+        None if c else period_bounds(v["occurred_at"], limits["period_unit"])[0]
+        for v, c in zip(voided, counted, strict=True)
+    ]
+    restored_in: dict[datetime | None, int] = {None: restored}
+    for start in dict.fromkeys(p for p in periods if p is not None):
+        restored_in[start] = await _restore_earlier(conn, org, limits, start)
     if voided:
         await conn.execute(GIVE_BACK, org, tokens, cost, unpriced, restored)
-        share = _shares(voided, counted, restored)
+        share = _shares(voided, periods, restored_in)
         await conn.execute(
             RECORD,
             org,
@@ -250,18 +279,34 @@ async def void_locked(
     )
 
 
-async def _restore_grants(conn: Any, org: uuid.UUID, limits: Any, tokens: int) -> int:
-    """Give back to the grants what they paid for the voided usage; the tokens restored."""
-    consumed = int(limits["grants_consumed_period"])
-    if tokens == 0 or consumed == 0:
+async def _restore_earlier(conn: Any, org: uuid.UUID, limits: Any, start: datetime) -> int:
+    """Give back to the grants what they paid in the earlier period beginning at ``start``
+    beyond the usage left in it; the tokens restored."""
+    await conn.execute(FLUSH_GRANTS, [org])  # what the grants owe is in the ledger first
+    end = period_bounds(start, limits["period_unit"])[1]
+    row = await conn.fetchrow(EARLIER_PERIOD, org, start, end)
+    return await _restore_grants(
+        conn, org, start, int(row["consumed"]), int(row["used"]), limits["token_limit"]
+    )
+
+
+async def _restore_grants(
+    conn: Any,
+    org: uuid.UUID,
+    period_start: datetime,
+    consumed: int,
+    used_after: int,
+    limit: int | None,
+) -> int:
+    """Give back to the grants what they paid in the period beyond the usage left in it
+    (``used_after``); the tokens restored."""
+    if consumed <= 0:
         return 0
-    used_after = int(limits["tokens_used_period"]) - tokens
-    limit = limits["token_limit"]
     give = consumed - grants_kept_after_void(consumed, used_after, limit)
     if give <= 0:
         return 0
     await conn.execute(FLUSH_GRANTS, [org])  # what the grants owe is in the ledger first
-    rows = await conn.fetch(PAID_IN_PERIOD, org, limits["period_start"])
+    rows = await conn.fetch(PAID_IN_PERIOD, org, period_start)
     paid = [
         (
             GrantState(
@@ -280,21 +325,22 @@ async def _restore_grants(conn: Any, org: uuid.UUID, limits: Any, tokens: int) -
     given = restore(paid, give)
     if not given:
         return 0
-    await conn.execute(
-        RESTORE, org, [g for g, _ in given], [t for _, t in given], limits["period_start"]
-    )
+    await conn.execute(RESTORE, org, [g for g, _ in given], [t for _, t in given], period_start)
     await refresh_grants(conn, [org])
     return sum(t for _, t in given)
 
 
-def _shares(voided: Sequence[Any], counted: Sequence[bool], restored: int) -> list[int]:
-    """The grant tokens restored, attributed to the voided events (the last ones first)."""
+def _shares(
+    voided: Sequence[Any],
+    periods: Sequence[datetime | None],
+    restored: dict[datetime | None, int],
+) -> list[int]:
+    """The grant tokens restored in each period (None: the current one), attributed to the
+    voided events of that period (the last ones first)."""
     shares = [0] * len(voided)
-    left = restored
+    left = dict(restored)
     for i in reversed(range(len(voided))):
-        if left <= 0:
-            break
-        if counted[i]:
-            shares[i] = min(int(voided[i]["tokens"]), left)
-            left -= shares[i]
+        give = min(int(voided[i]["tokens"]), left.get(periods[i], 0))
+        shares[i] = give
+        left[periods[i]] = left.get(periods[i], 0) - give
     return shares
