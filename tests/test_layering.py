@@ -50,3 +50,28 @@ def test_producer_imports_neither_the_consumer_nor_the_integration() -> None:
         if name.split(".")[0] in ("biz2bricks_consumer", "biz2bricks_rollup", "biz2bricks_fastapi")
     }
     assert not upward
+
+
+# Issue 20's sizes ("modules under ~400 lines, classes under ~200"), with the "~" as a margin.
+MODULE_LINES = 420
+CLASS_LINES = 220
+PACKAGES = ("shared_models", "producer", "consumer", "rollup", "fastapi_integration")
+
+
+def test_modules_and_classes_stay_small() -> None:
+    # Given every module of the packages
+    sources = [p for package in PACKAGES for p in sorted((ROOT / package / "src").rglob("*.py"))]
+    assert len(sources) > 50
+    too_long = []
+    for path in sources:
+        text = path.read_text()
+        # When their lines and their classes' lines are counted
+        if (lines := len(text.splitlines())) > MODULE_LINES:
+            too_long.append(f"{path.relative_to(ROOT)}: {lines} lines")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                size = node.end_lineno - node.lineno + 1
+                if size > CLASS_LINES:
+                    too_long.append(f"{path.relative_to(ROOT)}: class {node.name} {size} lines")
+    # Then none outgrows its bound
+    assert too_long == []

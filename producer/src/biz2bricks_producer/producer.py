@@ -118,9 +118,9 @@ class UsageProducer:
             event = validate_event(fields)
             data, attributes = encode_event(event)
         except InvalidEventError as error:
-            return self._reject(fields["event_id"], error.reason)
+            return _reject(self, fields["event_id"], error.reason)
         except Exception as error:  # never into the caller: bad data is counted, not raised
-            return self._reject(fields["event_id"], f"{type(error).__name__}: {error}")
+            return _reject(self, fields["event_id"], f"{type(error).__name__}: {error}")
         self._pipeline.send((data, attributes))
         if self._chain_pending:  # a forked child: hook SIGTERM once on its main thread
             self._chain_pending = not _lifecycle.chain_sigterm()
@@ -150,30 +150,15 @@ class UsageProducer:
         try:
             tokens = usage_fields(usage)
         except InvalidEventError as error:
-            return self._reject(fields.get("event_id") or uuid.uuid4(), error.reason)
+            return _reject(self, fields.get("event_id") or uuid.uuid4(), error.reason)
         except Exception as error:  # never into the caller: bad data is counted, not raised
             reason = f"usage: {type(error).__name__}: {error}"
-            return self._reject(fields.get("event_id") or uuid.uuid4(), reason)
+            return _reject(self, fields.get("event_id") or uuid.uuid4(), reason)
         given = {k: v for k, v in fields.items() if v is not None}  # None: not given
         merged: dict[str, Any] = {**tokens, **given}
         return self.record_tokens(
             organization_id=organization_id, provider=provider, model=model, **merged
         )
-
-    def _reject(self, event_id: object, reason: str) -> uuid.UUID:
-        self.metrics.reject(reason)
-        log.warning(
-            "producer.event_rejected: %s (event %s dropped; USAGE_PRODUCER_STRICT=1 raises)",
-            reason,
-            event_id,
-            extra={"reason": reason, "event_id": str(event_id)},
-        )
-        if self.settings.strict:
-            raise ValueError(reason)
-        try:
-            return event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id))
-        except ValueError:
-            return uuid.uuid4()
 
     # -- state, flush, close --
 
@@ -259,3 +244,21 @@ class UsageProducer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reject(producer: UsageProducer, event_id: object, reason: str) -> uuid.UUID:
+    """Count and log an event the caller's arguments made invalid; its id (``ValueError``
+    instead with ``strict``)."""
+    producer.metrics.reject(reason)
+    log.warning(
+        "producer.event_rejected: %s (event %s dropped; USAGE_PRODUCER_STRICT=1 raises)",
+        reason,
+        event_id,
+        extra={"reason": reason, "event_id": str(event_id)},
+    )
+    if producer.settings.strict:
+        raise ValueError(reason)
+    try:
+        return event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id))
+    except ValueError:
+        return uuid.uuid4()
