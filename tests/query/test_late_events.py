@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from biz2bricks_core import DatabaseManager
+from biz2bricks_core.errors import InvalidArgumentError
 from biz2bricks_core.late_events import (
     FULL,
     LATE_AFTER,
@@ -78,3 +79,33 @@ def test_summary_days_are_whole_and_inside_one_window() -> None:
     days = summary_days(spec, window_bounds(spec))
     assert days == [date(2026, 3, 31), date(2026, 4, 1), date(2026, 4, 2)]
     assert event_intervals(spec, days) == [(spec.start, datetime(2026, 3, 31, tzinfo=UTC))]
+
+
+def test_summary_days_of_a_long_range_come_quickly_and_within_the_rolled_days() -> None:
+    spec = query_spec(datetime(1900, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC), "month")
+    bounds = window_bounds(spec)
+    days = summary_days(spec, bounds)  # 73k days, 2,400 windows: linear, not their product
+    assert len(days) == (date(2100, 1, 1) - date(1900, 1, 1)).days
+    within = (date(2026, 3, 30), date(2026, 4, 2))
+    assert summary_days(spec, bounds, within) == [date(2026, 3, d) for d in (30, 31)] + [
+        date(2026, 4, d) for d in (1, 2)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "named"),
+    [
+        (datetime(1, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC), "start"),
+        (datetime(2026, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC), "end"),
+        (
+            datetime.min.replace(tzinfo=UTC) + timedelta(hours=5),
+            datetime(1, 3, 1, tzinfo=UTC),
+            "start",
+        ),
+    ],
+)
+def test_instants_at_the_ends_of_the_calendar_are_refused(
+    start: datetime, end: datetime, named: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"^{named}: "):
+        query_spec(start, end, None)

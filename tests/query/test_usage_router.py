@@ -116,6 +116,9 @@ BAD = [
     ({"format": "xml"}, "format"),
     ({"from": "2026-02-01", "to": "2026-01-01"}, "to"),
     ({"from": "2020-01-01", "to": "2026-01-01", "window": "hour"}, "window"),
+    ({"from": "0001-01-01", "to": "2026-01-01"}, "from"),
+    ({"from": "2026-01-01", "to": "9999-12-31"}, "to"),
+    ({"from": "9999-12-30", "time_zone": "Pacific/Kiritimati"}, "from"),
 ]
 
 

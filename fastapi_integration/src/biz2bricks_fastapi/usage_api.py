@@ -125,7 +125,10 @@ def usage_router(*, prefix: str = "/usage", tags: Sequence[str] = ("usage",)) ->
         zone = _zone(time_zone)
         now = datetime.now(UTC)
         start = _moment("from", from_, zone) if from_ else _month_start(now, zone)
-        end = _moment("to", to, zone) if to else _month_start(start, zone, months_later=1)
+        try:
+            end = _moment("to", to, zone) if to else _month_start(start, zone, months_later=1)
+        except (ValueError, OverflowError):  # the default `to`: the month after year 9999's
+            raise _invalid("from", "out of range: no month follows it", from_) from None
         groups = list(dict.fromkeys(group_by or []))
         filters = _filters(request)
         try:

@@ -63,6 +63,10 @@ _SUMS: Final = (
     "unpriced",
 )
 
+# The days the rollup has run for, first and last: a long range's candidates are cut to them.
+_ROLLED_EXTENT = text("SELECT min(day), max(day) FROM usage_rollup_days")
+# Ranges longer than this many days look the extent up before listing their candidate days.
+_LONG_RANGE_DAYS: Final = 400
 _ROLLED = text(
     "SELECT day, watermark, breakdowns FROM usage_rollup_days"
     " WHERE day = ANY(CAST(:days AS date[]))"
@@ -247,7 +251,11 @@ def _statement(
 async def run_query(conn: AsyncConnection, org: uuid.UUID, spec: QuerySpec) -> list[UsageRow]:
     """Answer ``spec`` on ``conn`` (in the caller's transaction: use REPEATABLE READ)."""
     bounds = window_bounds(spec)
-    candidates = summary_days(spec, bounds)
+    within = None
+    if (spec.end - spec.start).days > _LONG_RANGE_DAYS:
+        first, last = (await conn.execute(_ROLLED_EXTENT)).one()
+        within = (first, last) if first is not None else (date.max, date.min)
+    candidates = summary_days(spec, bounds, within)
     kept = breakdown_for(spec.dimensions)
     days = await trusted_days(conn, org, candidates, breakdowns=kept is not None)
     if kept is not None and "price_variant" in spec.dimensions:

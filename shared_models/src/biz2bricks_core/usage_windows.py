@@ -38,6 +38,10 @@ DIMENSIONS: Final = ("provider", "model", "user_id", "operation", "price_variant
 WINDOWS: Final = ("hour", "day", "month")
 # Bounds the answer's size (and the boundaries array sent to PostgreSQL): ~13 months by hour.
 MAX_WINDOWS: Final = 10_000
+# Instants a query may name: a month inside Python's years 1-9999 on either side, so that every
+# window and day around them (in any time zone) is a datetime.
+EARLIEST: Final = datetime(1, 2, 1, tzinfo=UTC)
+LATEST: Final = datetime(9999, 12, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,16 @@ def query_spec(
     for name, value in (("start", start), ("end", end)):
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise InvalidArgumentError(f"{name}: must be a timezone-aware datetime, got {value!r}")
+    for name, value in (("start", start), ("end", end)):
+        try:
+            inside = EARLIEST <= value.astimezone(UTC) <= LATEST
+        except OverflowError:
+            inside = False
+        if not inside:
+            raise InvalidArgumentError(
+                f"{name}: {value.isoformat()} is outside the supported range"
+                f" ({EARLIEST.date()} to {LATEST.date()})"
+            )
     if end <= start:
         raise InvalidArgumentError(f"end: must be after start ({start.isoformat()}), got {end}")
     if window is not None and window not in WINDOWS:
@@ -221,19 +235,29 @@ def _utc_midnight(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
-def summary_days(spec: QuerySpec, bounds: Sequence[datetime]) -> list[date]:
-    """UTC days wholly inside ``[start, end)`` that no window boundary cuts."""
+def summary_days(
+    spec: QuerySpec, bounds: Sequence[datetime], within: tuple[date, date] | None = None
+) -> list[date]:
+    """UTC days wholly inside ``[start, end)`` that no window boundary cuts (and, given
+    ``within``, between its two days: those a summary can exist for)."""
     first = (
         spec.start.date()
         if spec.start == _utc_midnight(spec.start.date())
         else (spec.start.date() + timedelta(days=1))
     )
-    inner = [b for b in bounds if spec.start < b < spec.end]
+    last = spec.end.date() - timedelta(days=1)  # the last day whose end is <= end
+    if within is not None:
+        first, last = max(first, within[0]), min(last, within[1])
+    # A boundary cuts a UTC day when it falls inside it, not at its midnight.
+    cut = {
+        b.astimezone(UTC).date()
+        for b in bounds
+        if spec.start < b < spec.end and b != _utc_midnight(b.astimezone(UTC).date())
+    }
     days = []
     day = first
-    while _utc_midnight(day) + timedelta(days=1) <= spec.end:
-        lo, hi = _utc_midnight(day), _utc_midnight(day) + timedelta(days=1)
-        if not any(lo < b < hi for b in inner):
+    while day <= last:
+        if day not in cut:
             days.append(day)
         day += timedelta(days=1)
     return days
