@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -191,6 +192,29 @@ async def test_database_down_fails_open_for_tokens_and_closed_for_storage() -> N
     assert not (await strict.check_token_limit(org)).allowed
     assert (await strict.reserve_storage(org, 1)).allowed
     await down.dispose()
+
+
+async def test_a_limit_check_with_the_database_down_says_why_under_plain_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a database nobody listens on and plain logging (no configure_logging)
+    down = DatabaseManager(
+        DatabaseConfig(database_url="postgresql://x@127.0.0.1:1/none", db_pool_timeout_s=1)
+    )
+    org = uuid.uuid4()
+    with caplog.at_level(logging.WARNING):
+        # When a token check fails open
+        await UsageService(down).check_token_limit(org)
+    await down.dispose()
+    # Then the line's own text says what was decided, for whom, and why (the fix named)
+    [message] = [
+        r.getMessage() for r in caplog.records if "limit_check_database_down" in r.getMessage()
+    ]
+    assert message.startswith("usage.limit_check_database_down: token check of organization")
+    assert str(org) in message
+    assert "allowed (fail open)" in message
+    assert "127.0.0.1:1" in message
+    assert "not reachable" in message
 
 
 async def test_every_other_coroutine_raises_database_unavailable_when_the_database_is_down() -> (

@@ -81,7 +81,9 @@ class Replayer:
                 if corrupt:
                     self._metrics.add("corrupt_spool_lines", corrupt)
                     log.error(
-                        "producer.spool_corrupt_lines",
+                        "producer.spool_corrupt_lines: %d unreadable lines skipped in %s",
+                        corrupt,
+                        segment,
                         extra={"segment": str(segment), "lines": corrupt},
                     )
                 if not self._publish(messages):

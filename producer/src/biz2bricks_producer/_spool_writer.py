@@ -118,7 +118,10 @@ class SpoolWriter:
         if dropped:
             self._metrics.add("dropped", dropped)
             log.error(
-                "producer.spool_full_dropped",
+                "producer.spool_full_dropped: %d events dropped, the spool is at its cap of"
+                " %d bytes (USAGE_SPOOL_MAX_BYTES; Pub/Sub has been unreachable)",
+                dropped,
+                self._cap_bytes,
                 extra={"dropped": dropped, "cap_bytes": self._cap_bytes},
             )
         self._on_written()

@@ -160,7 +160,10 @@ class UsageService(GrantMethods, CorrectionMethods):
         if row["expired_holds"]:
             self.counters["token_holds_expired"] += row["expired_holds"]
             log.info(
-                "usage.token_holds_expired",
+                "usage.token_holds_expired: %d holds of organization %s expired unsettled"
+                " (their events never arrived within the hold ttl)",
+                row["expired_holds"],
+                org,
                 extra={"organization_id": str(org), "holds": row["expired_holds"]},
             )
         return hold_from_row(row)
@@ -210,8 +213,13 @@ class UsageService(GrantMethods, CorrectionMethods):
     ) -> LimitDecision:
         outcome = "fail_open" if fail_open else "fail_closed"
         self.counters[f"{kind}_{outcome}"] += 1
+        answer = "allowed (fail open)" if fail_open else "denied (fail closed)"
         log.warning(
-            "usage.limit_check_database_down",
+            "usage.limit_check_database_down: %s check of organization %s %s: %s",
+            kind,
+            org,
+            answer,
+            self.db.unavailable(error),
             extra={
                 "check": kind,
                 "outcome": outcome,
