@@ -372,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(
                 f"usage dashboard of org1: /usage/{org}/dashboard"
-                " (python -m demo --serve serves it while the demo's services run)"
+                " (`bash scripts/demo.sh --serve` serves it at http://127.0.0.1:PORT"
+                " while the demo's services run)"
             )
     return 0 if ok else 1
 
