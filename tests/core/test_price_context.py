@@ -30,6 +30,9 @@ def test_standard_values_select_no_variant() -> None:
     assert price_variant("standard", "default", None, "global") == ""
     assert price_variant("batch") == "processing=batch"
     assert price_variant(None, "flex", "fast") == "service_tier=flex;speed=fast"
+    # the caller's capitals name the same context as the providers' lower case
+    assert price_variant("Standard", "Default", None, "GLOBAL") == ""
+    assert price_variant("Batch", "Flex") == "processing=batch;service_tier=flex"
     assert variant_fields("service_tier=flex;speed=fast") == {
         "service_tier": "flex",
         "speed": "fast",

@@ -111,7 +111,8 @@ def _composed_variant(
 ) -> str:
     parts = []
     for key, value in zip(VARIANT_KEYS, (processing, service_tier, speed, route), strict=True):
-        if value is not None and value not in STANDARD_VALUES[key]:
+        # Providers spell these in lower case; a caller's "Batch" or "Default" means the same.
+        if value is not None and (value := value.lower()) not in STANDARD_VALUES[key]:
             parts.append(f"{key}={value}")
     return ";".join(parts)
 
