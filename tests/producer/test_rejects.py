@@ -71,3 +71,6 @@ def test_json_logs_keep_the_event_name_and_add_the_message(
     assert entry["event"] == "producer.event_rejected"
     assert entry["reason"].startswith("user_id:")
     assert "user_id" in entry["message"]
+    # a line without arguments carries its text too (Cloud Logging shows `message`)
+    plain = logging.makeLogRecord({"msg": "consumer.started", "levelname": "INFO"})
+    assert json.loads(JsonFormatter().format(plain))["message"] == "consumer.started"

@@ -37,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             "severity": record.levelname,
             "logger": record.name,
             "event": event_name(record),
-            **({"message": message} if (message := record.getMessage()) != record.msg else {}),
+            "message": record.getMessage(),  # what Cloud Logging shows as the line's text
             **_fields(record),
         }
         if record.exc_info:
