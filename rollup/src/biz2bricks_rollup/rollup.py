@@ -5,7 +5,9 @@ DO UPDATE (rows whose figures did not change are not rewritten), and summary row
 has no events any more are deleted, in the same statement and transaction. The statement reads
 the day's events once, grouped by provider, model, user and operation, and writes from that
 both usage_daily_summaries (provider, model) and usage_daily_breakdowns (per user, per
-operation, per provider, model, user and operation; biz2bricks_core.late_events).
+operation, per provider, model, user and operation; biz2bricks_core.late_events). It is
+biz2bricks_core.summaries', which a void or an amendment also runs for the organizations and
+days it touched; each day's transaction takes that module's day lock first.
 ``usage_rollup_days`` remembers each day's last run; events received after it make the day due
 again.
 """
@@ -24,10 +26,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from biz2bricks_core.counting import unpriced_count_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.errors import Biz2BricksError
-from biz2bricks_core.late_events import FULL, OPERATION, USER
+from biz2bricks_core.summaries import day_lock_sql, rollup_day_sql
 
 log = logging.getLogger(__name__)
 
@@ -36,119 +37,9 @@ LOCK_KEY = 0x62327262_726F6C6C  # "b2rb" "roll": the rollup's advisory lock
 # before the run's start; a day stays due for events received up to this long before its run.
 LATE_MARGIN = timedelta(minutes=5)
 
-_FIGURE_COLUMNS = (
-    "request_count",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "unpriced_count",
-)
-_SUMS = ", ".join(_FIGURE_COLUMNS)
-# Sums of a finer grain's rows (sum of bigint is numeric: back to bigint).
-_RESUM = (
-    "CAST(sum(request_count) AS bigint) AS request_count,"
-    " CAST(sum(input_tokens) AS bigint) AS input_tokens,"
-    " CAST(sum(output_tokens) AS bigint) AS output_tokens,"
-    " CAST(sum(cache_read_tokens) AS bigint) AS cache_read_tokens,"
-    " CAST(sum(cache_write_tokens) AS bigint) AS cache_write_tokens,"
-    " sum(cost_usd) AS cost_usd, CAST(sum(unpriced_count) AS bigint) AS unpriced_count"
-)
-
-
-def _refresh_figures(alias: str) -> str:
-    """The DO UPDATE of a summary upsert: take the new figures, but rewrite a row only when one
-    of them changed (an unchanged day writes nothing)."""
-    new = ", ".join(f"excluded.{c}" for c in _FIGURE_COLUMNS)
-    old = ", ".join(f"{alias}.{c}" for c in _FIGURE_COLUMNS)
-    assign = ", ".join(f"{c} = excluded.{c}" for c in _FIGURE_COLUMNS)
-    return f"DO UPDATE SET {assign}, updated_at = now() WHERE ({old}) IS DISTINCT FROM ({new})"
-
-
-# A key column that may be NULL, compared with = so that the anti-join can hash.
-_NULL_UUID = "CAST('00000000-0000-0000-0000-000000000000' AS uuid)"
-
-ROLLUP_DAY = text(
-    f"""
-WITH fine AS (
-    -- One scan of the day's events at the finest grain; every summary row derives from it.
-    SELECT organization_id, provider, model, price_variant, user_id, operation,
-        count(*) AS request_count,
-        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-        sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
-        -- The cost of the priced events; unpriced_count says how many it leaves out.
-        coalesce(sum(cost_usd), 0) AS cost_usd, {unpriced_count_sql("cost_usd")} AS unpriced_count
-    FROM usage_events
-    WHERE occurred_at >= :start AND occurred_at < :end AND voided_at IS NULL
-    GROUP BY organization_id, provider, model, price_variant, user_id, operation
-),
-agg AS (
-    SELECT organization_id, provider, model, price_variant, {_RESUM}
-    FROM fine GROUP BY organization_id, provider, model, price_variant
-),
-written AS (
-    INSERT INTO usage_daily_summaries AS s (organization_id, day, provider, model,
-        price_variant, request_count, input_tokens, output_tokens, cache_read_tokens,
-        cache_write_tokens, cost_usd, unpriced_count, updated_at)
-    SELECT organization_id, :day, provider, model, price_variant, request_count, input_tokens,
-        output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, unpriced_count, now()
-    FROM agg
-    ON CONFLICT (organization_id, day, provider, model, price_variant) {_refresh_figures("s")}
-    RETURNING 1
-),
-removed AS (
-    DELETE FROM usage_daily_summaries s
-    WHERE s.day = :day AND NOT EXISTS (
-        SELECT 1 FROM agg a WHERE a.organization_id = s.organization_id
-            AND a.provider = s.provider AND a.model = s.model
-            AND a.price_variant = s.price_variant)
-    RETURNING 1
-),
-parts AS (
-    -- Sparse: no row for events without any of the kept dimensions; the query derives that
-    -- part as the summary row less the breakdown rows (biz2bricks_core.late_events).
-    SELECT organization_id, {USER} AS dimensions, CAST(NULL AS varchar) AS provider,
-        CAST(NULL AS varchar) AS model, user_id, CAST(NULL AS varchar) AS operation, {_RESUM}
-    FROM fine WHERE user_id IS NOT NULL GROUP BY organization_id, user_id
-    UNION ALL
-    SELECT organization_id, {OPERATION}, NULL, NULL, CAST(NULL AS uuid), operation, {_RESUM}
-    FROM fine WHERE operation IS NOT NULL GROUP BY organization_id, operation
-    UNION ALL
-    -- Breakdowns do not keep the price variant: its calls are summed here.
-    SELECT organization_id, {FULL}, provider, model, user_id, operation, {_RESUM} FROM fine
-    WHERE user_id IS NOT NULL OR operation IS NOT NULL
-    GROUP BY organization_id, provider, model, user_id, operation
-),
-parts_written AS (
-    INSERT INTO usage_daily_breakdowns AS b (organization_id, day, dimensions, provider, model,
-        user_id, operation, {_SUMS}, updated_at)
-    SELECT organization_id, :day, dimensions, provider, model, user_id, operation, {_SUMS}, now()
-    FROM parts
-    ON CONFLICT (organization_id, day, dimensions, provider, model, user_id, operation)
-    {_refresh_figures("b")}
-    RETURNING 1
-),
-parts_removed AS (
-    DELETE FROM usage_daily_breakdowns b
-    WHERE b.day = :day AND NOT EXISTS (
-        SELECT 1 FROM parts p WHERE p.organization_id = b.organization_id
-            AND p.dimensions = b.dimensions
-            -- provider and model are NULL exactly in the rows of USER and OPERATION
-            AND coalesce(p.provider, '') = coalesce(b.provider, '')
-            AND coalesce(p.model, '') = coalesce(b.model, '')
-            AND coalesce(p.user_id, {_NULL_UUID}) = coalesce(b.user_id, {_NULL_UUID})
-            AND (p.user_id IS NULL) = (b.user_id IS NULL)
-            AND coalesce(p.operation, '') = coalesce(b.operation, '')
-            AND (p.operation IS NULL) = (b.operation IS NULL))
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM agg) AS groups, (SELECT count(*) FROM written) AS written,
-    (SELECT count(*) FROM removed) AS removed,
-    (SELECT count(*) FROM parts_written) AS breakdowns_written,
-    (SELECT count(*) FROM parts_removed) AS breakdowns_removed
-"""
-)
+# The statement itself is biz2bricks_core.summaries' (a correction runs it for one organization).
+ROLLUP_DAY = text(rollup_day_sql(":day", ":start", ":end"))
+DAY_LOCK = text(day_lock_sql("CAST(:day AS date)"))
 
 MARK_DAY = text(
     "INSERT INTO usage_rollup_days (day, rolled_up_at, watermark, rows_written, breakdowns)"
@@ -246,6 +137,7 @@ async def rollup_day(conn: AsyncConnection, day: date) -> DayResult:
     started = time.perf_counter()
     start, end = day_bounds(day)
     async with conn.begin():
+        await conn.execute(DAY_LOCK, {"day": day})  # a correction's refresh of the day waits
         row = (await conn.execute(ROLLUP_DAY, {"start": start, "end": end, "day": day})).one()
         await conn.execute(
             MARK_DAY, {"day": day, "margin_s": LATE_MARGIN.total_seconds(), "rows": row.groups}

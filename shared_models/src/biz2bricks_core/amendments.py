@@ -3,7 +3,8 @@
 An amend is a void of the original (biz2bricks_core.corrections) and a new event (a new id,
 ``amends`` naming the original) recorded by the batch statement itself
 (biz2bricks_core.recording), so it is priced and counted exactly as the consumer would have,
-in one transaction that locks both organizations in the counters' order.
+in one transaction that locks both organizations in the counters' order, and rebuilds the
+summaries of both events' days (biz2bricks_core.summaries).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from biz2bricks_core.errors import (
 )
 from biz2bricks_core.event_ids import new_event_id
 from biz2bricks_core.events import UsageEvent, validate_event
+from biz2bricks_core.late_events import utc_day_of
 from biz2bricks_core.model_names import ModelNames
 from biz2bricks_core.price_rows import load_price_book
 from biz2bricks_core.pricing import variant_fields
 from biz2bricks_core.recording import record_events
+from biz2bricks_core.summaries import refresh_summaries
 
 __all__ = ["AMENDABLE", "amend_event"]
 
@@ -99,7 +102,16 @@ async def amend_event(
                 f"organization {amended.organization_id} has no usage_limits row"
             )
         voided = await void_locked(
-            conn, original["organization_id"], [event_id], None, None, None, reason, actor, "amend"
+            conn,
+            original["organization_id"],
+            [event_id],
+            None,
+            None,
+            None,
+            reason,
+            actor,
+            "amend",
+            refresh=False,  # below, with the amendment's day: days are locked in order
         )
         if voided.voided != 1:
             # Voided or amended by a concurrent correction since it was read: under the locks
@@ -109,6 +121,13 @@ async def amend_event(
         if recorded.inserted != 1:
             raise RuntimeError(f"the amendment {amended.event_id} of {event_id} was not stored")
         await conn.execute(LINK, event_id, amended.event_id)
+        await refresh_summaries(
+            conn,
+            {
+                (original["organization_id"], utc_day_of(original["occurred_at"])),
+                (amended.organization_id, utc_day_of(amended.occurred_at)),
+            },
+        )
         return amended.event_id
 
 

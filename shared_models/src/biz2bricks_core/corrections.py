@@ -10,7 +10,9 @@ same transaction, under the organization's counter-row lock (the consumer's lock
 - what grants paid for beyond the plan is recomputed for the usage left
   (``credits.grants_kept_after_void``), and the difference goes back to the grants that paid,
   last paid first (``credits.restore``), with a restore row per grant in the ledger;
-- summaries follow at the next rollup run: a correction makes its event's day due again.
+- the daily summaries of the days touched that the rollup already ran for are rebuilt for the
+  organization (biz2bricks_core.summaries.refresh_summaries); the correction also makes its
+  event's day due again, so the next rollup run (and the usage query) check it.
 
 Events of a period that is not the current one (counters already rolled) give back nothing to
 the counters; statements book them as adjustments (biz2bricks_core.statements).
@@ -41,7 +43,9 @@ from biz2bricks_core.errors import (
     InvalidArgumentError,
     UnknownOrganizationError,
 )
+from biz2bricks_core.late_events import utc_day_of
 from biz2bricks_core.periods import in_period, period_bounds
+from biz2bricks_core.summaries import refresh_summaries
 
 __all__ = ["VoidResult", "preview_void", "void_events", "void_locked"]
 
@@ -198,9 +202,12 @@ async def void_locked(
     reason: str,
     actor: str | None,
     kind: str,
+    *,
+    refresh: bool = True,
 ) -> VoidResult:
     """Void on ``conn``, in the caller's transaction: lock the organization's counter row, mark
-    the events, give back what they counted, record the corrections."""
+    the events, give back what they counted, record the corrections, and (unless ``refresh``
+    is False: the caller rebuilds them with more) rebuild the summaries of the days touched."""
     limits = await conn.fetchrow(LOCK, org)
     if limits is None:
         raise UnknownOrganizationError(f"organization {org} has no usage_limits row")
@@ -269,6 +276,8 @@ async def void_locked(
             "actor": actor,
         }
         await conn.execute(AUDIT, org, json.dumps(details), kind)
+        if refresh:
+            await refresh_summaries(conn, {(org, utc_day_of(v["occurred_at"])) for v in voided})
     all_cost = sum((v["cost_usd"] for v in voided if v["cost_usd"] is not None), Decimal(0))
     return VoidResult(
         voided=len(voided),
