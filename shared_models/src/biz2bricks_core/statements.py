@@ -6,7 +6,10 @@ as text, and never changes (``usage_statements``). What arrives or is corrected 
 closed period is an adjustment, booked on the statement of the period in which it arrived (a
 late event by its ``received_at``, a void by its correction's ``created_at``), naming the
 period it belongs to. Each fact is so on exactly one statement, and a closed statement reads
-back byte for byte as it was sent.
+back byte for byte as it was sent. One gap is known: ``received_at`` is its writing
+transaction's start, so an event of a period closed more than the grace ago, in a consumer
+batch that began before that organization's close and committed after it (a window of
+milliseconds), is on neither; closing against a commit order rather than a time would remove it.
 
 An open statement is computed from the facts when asked: its lines from the non-voided events
 that occurred in the period, its adjustments as above; ``credits_consumed`` from the ledger
