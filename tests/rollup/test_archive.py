@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,7 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
+from biz2bricks_consumer.batching import build_batch
+from biz2bricks_consumer.partitions import PartitionGuard
+from biz2bricks_consumer.writer import BatchWriter
 from biz2bricks_core import DatabaseManager
+from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.price_rows import load_price_book
 from biz2bricks_core.retention import (
     ARCHIVE_GRACE,
     RetentionSettings,
@@ -30,6 +35,7 @@ from biz2bricks_rollup.archive_store import GcsStore, LocalStore, open_store
 from biz2bricks_rollup.reconcile import find_drift
 from biz2bricks_rollup.retention_prune import prune_retained
 from biz2bricks_rollup.rollup import days_between, run_rollup
+from tests.factories import make_event, message_for
 from tests.rollup.archive_support import months_ago, rows_before, seed, table_snapshot
 
 HORIZON_MONTHS = 13
@@ -144,6 +150,41 @@ async def test_archive_round_trip_keeps_every_row_once_and_changes_no_summary(
     # ... and the first month still in PostgreSQL is the horizon (the rollup run refuses days
     # before it)
     assert await archived_before(db) == add_months(horizon().date(), 0)
+
+
+async def test_a_lone_archive_rolls_up_the_months_due_days_before_the_events_leave(
+    archive_db: DatabaseManager, tmp_path: Path
+) -> None:
+    # Given a month beyond retention, rolled up, then one more of its events received
+    db = archive_db
+    await seed(db, [21], per_month=60)
+    month = months_ago(21)
+    days = days_between(month, add_months(month, 1))[:-1]
+    await run_rollup(db, days)
+    book = await load_price_book(db, ModelNames())
+    writer = BatchWriter(db, lambda: book, PartitionGuard(db, 1200))
+    async with db.engine.connect() as conn:
+        org = (await conn.execute(text("SELECT organization_id FROM usage_limits"))).first()
+    assert org is not None
+    noon = datetime.combine(days[3], datetime.min.time(), UTC) + timedelta(hours=12)
+    late = make_event(org[0], occurred_at=noon, input_tokens=7_000)
+    await writer.write(build_batch([message_for(late)]))
+    leaving = [r for r in await rows_before(db, horizon().date()) if r[4] == f"{month:%Y-%m}"]
+    # When the archive runs alone (no `run` before it)
+    await archive(db, LocalStore(tmp_path), retention_months=HORIZON_MONTHS)
+    # Then the month's events are gone, and its summaries, which stay, count every one of them
+    assert await rows_before(db, horizon().date()) == []
+    async with db.engine.connect() as conn:
+        counted = (
+            await conn.execute(
+                text(
+                    "SELECT sum(request_count), sum(input_tokens) FROM usage_daily_summaries"
+                    " WHERE day >= :first AND day <= :last"
+                ),
+                {"first": days[0], "last": days[-1]},
+            )
+        ).one()
+    assert (counted[0], counted[1]) == (len(leaving), sum(r[1] for r in leaving))
 
 
 async def test_the_parquet_files_keep_every_column_of_the_rows_removed(

@@ -18,6 +18,9 @@ stay in PostgreSQL forever). Months are archived oldest first, each in four step
    dropped (the disk is freed at once). DETACH takes an ACCESS EXCLUSIVE lock, so reads wait
    only for the detach, the drop and the commit, not for the counting and deleting before.
 
+Before step 1, the month's days that are due (events received or corrected since their last
+rollup) are rolled up: the summaries, which stay, hold every event that leaves.
+
 A kill at any point loses nothing: before step 4 commits, every row is still in PostgreSQL
 and the next run redoes the month, overwriting the same keys; after it, the files are
 verified and the month is skipped. A second run finds nothing to do. Only months before the
@@ -62,6 +65,7 @@ from biz2bricks_rollup.archive_parquet import (
     table_totals,
 )
 from biz2bricks_rollup.archive_store import ArchiveStore
+from biz2bricks_rollup.rollup import due_days, run_rollup
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +210,23 @@ async def archive(
             result = MonthResult(month, rows, 0, 0, (), 0, 0.0, dry_run=True)
         else:
             assert store is not None  # checked above
+            await _summaries_first(db, month)
             result = await archive_month(db, store, month, rows_per_file)
         if progress is not None:
             progress(result)
         results.append(result)
     return results
+
+
+async def _summaries_first(db: DatabaseManager, month: date) -> None:
+    """Roll up the month's days that are due (events received or corrected since their last
+    rollup): the summaries stay in PostgreSQL, so they must hold every event before the
+    events leave. ``biz2bricks-rollup run`` has just done so; a lone ``archive`` may not."""
+    async with db.engine.connect() as conn:
+        due = [day for day in await due_days(conn) if month_of(day) == month]
+    if due:
+        log.info("archive.rollup_first", extra={"month": f"{month:%Y-%m}", "days": len(due)})
+        await run_rollup(db, due, wait=True)
 
 
 async def archive_month(
