@@ -22,6 +22,7 @@ from biz2bricks_core import (
     UsageService,
 )
 from biz2bricks_core.model_names import ModelNames
+from biz2bricks_core.periods import period_bounds
 from biz2bricks_core.price_rows import load_price_book
 from biz2bricks_rollup.grants import sweep_grants
 from biz2bricks_rollup.reconcile import find_drift, repair
@@ -442,3 +443,34 @@ async def test_the_sweep_ends_while_consumers_keep_organizations_owing(
     for org in orgs:
         assert (await counters(db, org))["grants_pending"] == 0
     assert not {d.organization_id for d in await find_drift(db)} & set(orgs)
+
+
+async def test_get_usage_after_the_period_ended_without_events_shows_the_new_period(
+    db: DatabaseManager,
+) -> None:
+    # Given an organization whose counters still stand for last period (no event since it
+    # ended), with usage there and a grant that expired in it
+    org = await provisioned_org(db, plan="free")
+    service = UsageService(db)
+    await use_tokens(db, org, 5_000)
+    await service.grant_credits(
+        org, 3_000, expires_at=datetime.now(UTC) + timedelta(seconds=1), reason="trial"
+    )
+    await asyncio.sleep(1.2)
+    async with db.driver() as conn:
+        await conn.execute(
+            "UPDATE usage_limits SET period_start = period_start - interval '1 month',"
+            " period_end = period_start WHERE organization_id = $1",
+            org,
+        )
+        await conn.execute(
+            "UPDATE credit_grants SET expires_at = expires_at - interval '1 month',"
+            " effective_at = effective_at - interval '1 month' WHERE organization_id = $1",
+            org,
+        )
+    # When its usage is read
+    usage = await service.get_usage(org)
+    # Then it is this period's: its bounds, nothing used, nothing expired in it yet
+    start, end = period_bounds(datetime.now(UTC))
+    assert (usage.period_start, usage.period_end) == (start, end)
+    assert (usage.tokens_used_period, usage.grants_expired_period) == (0, 0)

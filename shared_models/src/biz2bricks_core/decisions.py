@@ -13,7 +13,12 @@ from typing import Any, Final
 from biz2bricks_core.allowance import allowance, remaining, token_reason
 from biz2bricks_core.credits import grants_owing_sql, live_grants_remaining_sql
 from biz2bricks_core.holds import LIVE_RESERVED
-from biz2bricks_core.periods import period_reading, period_reading_sql
+from biz2bricks_core.periods import (
+    period_end_sql,
+    period_reading,
+    period_reading_sql,
+    period_start_after_sql,
+)
 
 __all__ = ["SNAPSHOT", "TOKEN_CHECK", "LimitDecision", "UsageSnapshot", "token_decision"]
 
@@ -24,8 +29,16 @@ TOKEN_CHECK: Final = (
     f" {live_grants_remaining_sql('l')} AS grants_live"
     " FROM usage_limits l WHERE organization_id = $1"
 )
+# The period the counters stand for at now(): theirs while it runs; once it has ended (no event
+# has rolled them yet), the period that holds now(), which is what a dashboard shows.
+_NOW_PERIOD: Final = (
+    "CROSS JOIN LATERAL (SELECT p.start,"
+    f" {period_end_sql('p.start', 'l.period_unit')} AS end_ FROM (SELECT"
+    f" {period_start_after_sql('l.period_start', 'l.period_end', 'now()', 'l.period_unit')}"
+    " AS start) p) cur"
+)
 SNAPSHOT: Final = (
-    "SELECT plan, period_start, period_end, token_limit,"
+    "SELECT plan, cur.start AS period_start, cur.end_ AS period_end, token_limit,"
     f" {period_reading_sql('l.tokens_used_period', 'l.period_end')} AS tokens,"
     f" {period_reading_sql('l.cost_usd_period', 'l.period_end')} AS cost,"
     f" {period_reading_sql('l.unpriced_events_period', 'l.period_end')} AS unpriced,"
@@ -35,13 +48,13 @@ SNAPSHOT: Final = (
     # they owe of the tokens the batch path paid from the cache. A grant voided after it
     # expired still held its breakage (a void takes what is owed first: it owes nothing).
     " (SELECT coalesce(sum(g.remaining), 0) FROM credit_grants g"
-    "   WHERE g.organization_id = l.organization_id AND g.expires_at >= l.period_start"
-    "   AND g.expires_at < least(now(), l.period_end) AND g.voided_at >= g.expires_at)"
+    "   WHERE g.organization_id = l.organization_id AND g.expires_at >= cur.start"
+    "   AND g.expires_at < least(now(), cur.end_) AND g.voided_at >= g.expires_at)"
     " + (SELECT coalesce(sum(g.remaining - g.owed), 0)"
-    f"   FROM {grants_owing_sql('l')} g WHERE g.expires_at >= l.period_start"
-    "   AND g.expires_at < least(now(), l.period_end)) AS expired,"
+    f"   FROM {grants_owing_sql('l')} g WHERE g.expires_at >= cur.start"
+    "   AND g.expires_at < least(now(), cur.end_)) AS expired,"
     " storage_used_bytes, storage_limit_bytes, counters_updated_at"
-    " FROM usage_limits l WHERE organization_id = :org"
+    f" FROM usage_limits l {_NOW_PERIOD} WHERE organization_id = :org"
 )
 
 
