@@ -157,6 +157,16 @@ def beyond_year_9999(seed: int, count: int) -> list[uuid.UUID]:
     ]
 
 
+async def sql_months(db: DatabaseManager, ids: list[uuid.UUID]) -> list[date]:
+    """``event_id_month_sql`` of each id, in order, as PostgreSQL computes it."""
+    statement = text(
+        f"SELECT {event_id_month_sql('e')} FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY"
+        " AS t(e, n) ORDER BY n"
+    )
+    async with db.engine.connect() as conn:
+        return list((await conn.execute(statement, {"ids": ids})).scalars().all())
+
+
 async def test_a_v7_id_past_the_year_9999_is_untimed_in_python_and_sql(db: DatabaseManager) -> None:
     # Given v7 ids around and past the last millisecond of 9999 (a tenth of random v7 ids)
     ids = beyond_year_9999(9, 200)
@@ -164,26 +174,14 @@ async def test_a_v7_id_past_the_year_9999_is_untimed_in_python_and_sql(db: Datab
     assert event_id_month(ids[0]) == date(9999, 12, 1)
     assert [event_id_month(e) for e in ids[1:]] == [UNTIMED] * (len(ids) - 1)
     assert event_id_months(ids) == {date(9999, 12, 1), UNTIMED}
-    statement = text(
-        f"SELECT {event_id_month_sql('e')} FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY"
-        " AS t(e, n) ORDER BY n"
-    )
-    async with db.engine.connect() as conn:
-        months = (await conn.execute(statement, {"ids": ids})).scalars().all()
-    assert months == [event_id_month(e) for e in ids]
+    assert await sql_months(db, ids) == [event_id_month(e) for e in ids]
 
 
 async def test_the_month_of_every_kind_of_id_in_sql_equals_the_python_rule(
     db: DatabaseManager,
 ) -> None:
     ids = edge_ids(7, 500)
-    statement = text(
-        f"SELECT {event_id_month_sql('e')} FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY"
-        " AS t(e, n) ORDER BY n"
-    )
-    async with db.engine.connect() as conn:
-        months = (await conn.execute(statement, {"ids": ids})).scalars().all()
-    assert months == [event_id_month(e) for e in ids]
+    assert await sql_months(db, ids) == [event_id_month(e) for e in ids]
 
 
 async def test_ids_made_by_postgresql_are_v7_carrying_the_time_they_were_made(

@@ -201,7 +201,10 @@ async def archive(
     if store is None and not dry_run:
         raise ValueError("archive needs a store unless it is a dry run")
     results = []
-    for month in await months_to_archive(db, retention_months, before):
+    months = await months_to_archive(db, retention_months, before)
+    if months and not dry_run:
+        await _summaries_first(db, set(months))
+    for month in months:
         if dry_run:
             async with db.driver() as conn:
                 rows = await conn.fetchval(
@@ -210,7 +213,6 @@ async def archive(
             result = MonthResult(month, rows, 0, 0, (), 0, 0.0, dry_run=True)
         else:
             assert store is not None  # checked above
-            await _summaries_first(db, month)
             result = await archive_month(db, store, month, rows_per_file)
         if progress is not None:
             progress(result)
@@ -218,14 +220,14 @@ async def archive(
     return results
 
 
-async def _summaries_first(db: DatabaseManager, month: date) -> None:
-    """Roll up the month's days that are due (events received or corrected since their last
-    rollup): the summaries stay in PostgreSQL, so they must hold every event before the
+async def _summaries_first(db: DatabaseManager, months: set[date]) -> None:
+    """Roll up the days of ``months`` that are due (events received or corrected since their
+    last rollup): the summaries stay in PostgreSQL, so they must hold every event before the
     events leave. ``biz2bricks-rollup run`` has just done so; a lone ``archive`` may not."""
     async with db.engine.connect() as conn:
-        due = [day for day in await due_days(conn) if month_of(day) == month]
+        due = [day for day in await due_days(conn) if month_of(day) in months]
     if due:
-        log.info("archive.rollup_first", extra={"month": f"{month:%Y-%m}", "days": len(due)})
+        log.info("archive.rollup_first", extra={"days": len(due)})
         await run_rollup(db, due, wait=True)
 
 

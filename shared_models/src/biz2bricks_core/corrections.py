@@ -247,7 +247,10 @@ async def void_locked(
         for v, c in zip(voided, counted, strict=True)
     ]
     restored_in: dict[datetime | None, int] = {None: restored}
-    for start in dict.fromkeys(p for p in periods if p is not None):
+    earlier = list(dict.fromkeys(p for p in periods if p is not None))
+    if earlier:  # what the grants owe is in the ledger first, once for every period read
+        await conn.execute(FLUSH_GRANTS, [org])
+    for start in earlier:
         restored_in[start] = await _restore_earlier(conn, org, limits, start)
     if voided:
         await conn.execute(GIVE_BACK, org, tokens, cost, unpriced, restored)
@@ -290,8 +293,7 @@ async def void_locked(
 
 async def _restore_earlier(conn: Any, org: uuid.UUID, limits: Any, start: datetime) -> int:
     """Give back to the grants what they paid in the earlier period beginning at ``start``
-    beyond the usage left in it; the tokens restored."""
-    await conn.execute(FLUSH_GRANTS, [org])  # what the grants owe is in the ledger first
+    beyond the usage left in it; the tokens restored (the caller flushed what grants owe)."""
     end = period_bounds(start, limits["period_unit"])[1]
     row = await conn.fetchrow(EARLIER_PERIOD, org, start, end)
     return await _restore_grants(

@@ -22,9 +22,10 @@ from typing import Any, Final
 from biz2bricks_core.counting import unpriced_count_sql
 from biz2bricks_core.late_events import FULL, OPERATION, USER
 
-__all__ = ["day_lock_sql", "refresh_summaries", "rollup_day_sql"]
+__all__ = ["FIGURE_COLUMNS", "day_lock_sql", "refresh_summaries", "rollup_day_sql"]
 
-_FIGURE_COLUMNS: Final = (
+# The figures every summary and breakdown row carries (the usage query sums the same ones).
+FIGURE_COLUMNS: Final = (
     "request_count",
     "input_tokens",
     "output_tokens",
@@ -33,7 +34,7 @@ _FIGURE_COLUMNS: Final = (
     "cost_usd",
     "unpriced_count",
 )
-_SUMS = ", ".join(_FIGURE_COLUMNS)
+_SUMS = ", ".join(FIGURE_COLUMNS)
 # Sums of a finer grain's rows (sum of bigint is numeric: back to bigint).
 _RESUM = (
     "CAST(sum(request_count) AS bigint) AS request_count,"
@@ -48,9 +49,9 @@ _RESUM = (
 def _refresh_figures(alias: str) -> str:
     """The DO UPDATE of a summary upsert: take the new figures, but rewrite a row only when one
     of them changed (an unchanged day writes nothing)."""
-    new = ", ".join(f"excluded.{c}" for c in _FIGURE_COLUMNS)
-    old = ", ".join(f"{alias}.{c}" for c in _FIGURE_COLUMNS)
-    assign = ", ".join(f"{c} = excluded.{c}" for c in _FIGURE_COLUMNS)
+    new = ", ".join(f"excluded.{c}" for c in FIGURE_COLUMNS)
+    old = ", ".join(f"{alias}.{c}" for c in FIGURE_COLUMNS)
+    assign = ", ".join(f"{c} = excluded.{c}" for c in FIGURE_COLUMNS)
     return f"DO UPDATE SET {assign}, updated_at = now() WHERE ({old}) IS DISTINCT FROM ({new})"
 
 

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from biz2bricks_core.counting import event_tokens, unpriced_count_sql
 from biz2bricks_core.database import DatabaseManager
 from biz2bricks_core.late_events import FULL, breakdown_for, late_arrival_sql, recent_slice
+from biz2bricks_core.summaries import FIGURE_COLUMNS
 from biz2bricks_core.usage_windows import (
     QuerySpec,
     UsageRow,
@@ -138,17 +139,6 @@ async def trusted_days(
     return sorted(day for day in rolled if day not in stale)
 
 
-_FIGURES: Final = (
-    "request_count",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "unpriced_count",
-)
-
-
 # The summarised days: a range (the common case: contiguous days) checked first, cheaply.
 _DAYS: Final = "day BETWEEN :first_day AND :last_day AND day = ANY(CAST(:days AS date[]))"
 
@@ -158,9 +148,9 @@ def _breakdown_source(kept: int) -> str:
     the kept user or operation (the rollup writes no breakdown row for it;
     biz2bricks_core.late_events): the summary rows less the breakdown rows, per provider and
     model for FULL, per day otherwise."""
-    figures = ", ".join(_FIGURES)
-    summed = ", ".join(f"sum({f}) AS {f}" for f in _FIGURES)
-    residual = ", ".join(f"s.{f} - coalesce(b.{f}, 0) AS {f}" for f in _FIGURES)
+    figures = ", ".join(FIGURE_COLUMNS)
+    summed = ", ".join(f"sum({f}) AS {f}" for f in FIGURE_COLUMNS)
+    residual = ", ".join(f"s.{f} - coalesce(b.{f}, 0) AS {f}" for f in FIGURE_COLUMNS)
     rows = (
         f"FROM usage_daily_breakdowns WHERE organization_id = :org AND {_DAYS}"
         f" AND dimensions = {kept}"

@@ -96,7 +96,6 @@ def query_spec(
     for name, value in (("start", start), ("end", end)):
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise InvalidArgumentError(f"{name}: must be a timezone-aware datetime, got {value!r}")
-    for name, value in (("start", start), ("end", end)):
         try:
             inside = EARLIEST <= value.astimezone(UTC) <= LATEST
         except OverflowError:
